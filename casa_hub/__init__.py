@@ -1,0 +1,1 @@
+"""casa_hub: the facility model -- names, routes, credentials and renewals as plain data."""

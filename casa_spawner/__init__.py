@@ -1,0 +1,1 @@
+"""casa_spawner: where a session runs (Kubernetes pods, local processes)."""
