@@ -66,9 +66,12 @@ def derive_signing_key(key_file_bytes: bytes, kid: str) -> bytes:
 
 
 def _condor_json(obj: dict) -> bytes:
-    """JSON as HTCondor writes it: sorted keys, no spaces, '/' escaped."""
+    """JSON as HTCondor (picojson) writes it: sorted keys, no spaces, '/' escaped.
+
+    picojson also escapes DEL (0x7f) as ``\\u007f``, which ``json.dumps`` leaves raw.
+    """
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("/", "\\/").encode("utf-8")
+    return text.replace("/", "\\/").replace("\x7f", "\\u007f").encode("utf-8")
 
 
 def _b64url(data: bytes) -> bytes:

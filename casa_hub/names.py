@@ -13,12 +13,31 @@ Guarantees of :func:`user_slug` (tested by a property test over arbitrary Unicod
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
-
-from kubespawner.slugs import safe_slug
+from pathlib import Path
 
 from .errors import ConfigurationError
+
+
+def _load_kubespawner_slugs():
+    """kubespawner's pure ``slugs`` module, without running ``kubespawner/__init__``.
+
+    The package's ``__init__`` imports the spawner (kubernetes client, JupyterHub:
+    ~2 s); casa_hub must stay free of both, and ``slugs.py`` needs neither.
+    """
+    package = importlib.util.find_spec("kubespawner")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("jupyterhub-kubespawner is required for user slugs")
+    path = Path(next(iter(package.submodule_search_locations))) / "slugs.py"
+    spec = importlib.util.spec_from_file_location("casa_hub._kubespawner_slugs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+safe_slug = _load_kubespawner_slugs().safe_slug
 
 #: Longest slug we hand out; safe_slug's hashed form is at most this long.
 SLUG_MAX_LENGTH = 40

@@ -1,0 +1,136 @@
+"""A user's credential bundle: files with their modes, audiences and expiry, written atomically.
+
+The bundle is plain data; spawners decide where it lands (a Kubernetes Secret, a
+private directory).  File contents never appear in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# who reads a file: the notebook container, the scheduler sidecar, batch workers
+NOTEBOOK, SCHEDULER, WORKER = "notebook", "scheduler", "worker"
+
+# relative paths inside the credentials directory (DESIGN.md "Files a user gets")
+CONDOR_TOKEN_PATH = "condor/tokens.d/casa"
+BEARER_TOKEN_PATH = "bearer_token"
+XCACHE_TOKEN_PATH = "xcache/token"
+DASK_CA_PATH = "dask/ca.pem"
+DASK_CLIENT_PATH = "dask/client.pem"
+DASK_WORKER_PATH = "dask/worker.pem"
+DASK_SCHEDULER_PATH = "dask/scheduler.pem"
+
+
+@dataclass(frozen=True)
+class CredentialFile:
+    """One file of a bundle; ``path`` is relative and POSIX-style."""
+
+    path: str
+    content: bytes = field(repr=False)
+    kind: str
+    audiences: frozenset = frozenset({NOTEBOOK})
+    mode: int = 0o600
+    issued_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+
+    def __post_init__(self):
+        norm = posixpath.normpath(self.path)
+        if norm != self.path or norm.startswith(("/", "..")) or norm == ".":
+            raise ValueError(f"credential path must be relative and normalised: {self.path!r}")
+
+    def renewal_due(self, now: dt.datetime, fraction: float = 2 / 3) -> bool:
+        """True once ``fraction`` of the file's life has passed (never for files without expiry)."""
+        if self.expires_at is None or self.issued_at is None:
+            return False
+        life = (self.expires_at - self.issued_at).total_seconds()
+        return (now - self.issued_at).total_seconds() >= fraction * life
+
+    @property
+    def key(self) -> str:
+        """A flat name usable as a Kubernetes Secret key (``condor/tokens.d/casa`` -> ``condor__tokens.d__casa``)."""
+        return self.path.replace("/", "__")
+
+
+@dataclass(frozen=True)
+class CredentialBundle:
+    files: tuple[CredentialFile, ...] = ()
+
+    def __post_init__(self):
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("credential bundle has two files with the same path")
+
+    def for_audience(self, audience: str) -> "CredentialBundle":
+        return CredentialBundle(tuple(f for f in self.files if audience in f.audiences))
+
+    def get(self, path: str) -> CredentialFile | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    def replacing(self, *new_files: CredentialFile) -> "CredentialBundle":
+        """The bundle with files of the same path swapped for ``new_files`` (others kept)."""
+        by_path = {f.path: f for f in self.files}
+        by_path.update({f.path: f for f in new_files})
+        return CredentialBundle(tuple(by_path.values()))
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        expiries = [f.expires_at for f in self.files if f.expires_at is not None]
+        return min(expiries) if expiries else None
+
+    def due_for_renewal(self, now: dt.datetime, fraction: float = 2 / 3) -> list[CredentialFile]:
+        return [f for f in self.files if f.renewal_due(now, fraction)]
+
+    def as_secret_data(self) -> dict[str, bytes]:
+        """Flat key -> content mapping, e.g. for a Kubernetes Secret."""
+        return {f.key: f.content for f in self.files}
+
+    def write_to(self, directory: str | os.PathLike) -> list[Path]:
+        """Write every file under ``directory`` (made 0700) atomically, each with its mode.
+
+        Each file is written to a temporary name in its final directory and renamed over
+        the old one, so a reader sees either the old or the new credential, never half.
+        """
+        root = Path(directory)
+        _make_private_dir(root)
+        written = []
+        for cred in self.files:
+            parent = root
+            for part in Path(cred.path).parts[:-1]:
+                parent = parent / part
+                _make_private_dir(parent)
+            target = root / cred.path
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".casa-")
+            try:
+                os.fchmod(fd, cred.mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(cred.content)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            written.append(target)
+        return written
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def with_content(cred: CredentialFile, content: bytes, issued_at, expires_at) -> CredentialFile:
+    """A renewed copy of ``cred``: same path, kind, audiences and mode."""
+    return replace(cred, content=content, issued_at=issued_at, expires_at=expires_at)

@@ -1,0 +1,304 @@
+"""The facility configuration shared by spawners, services and the CLI, and what it issues.
+
+``Facility`` is a traitlets ``Configurable``: operators set ``c.Facility.domain`` and
+friends in ``jupyterhub_config.py``.  Key files are read once, on first use, and
+kept in memory as :class:`~casa_hub.secrets.SecretBytes`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+
+from traitlets import Float, Int, List, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from . import bundle as b
+from .audit import record_issuance
+from .condor_token import CONDOR_AUTHZ_LEVELS, make_idtoken
+from .dask_tls import make_session_tls
+from .errors import ConfigurationError
+from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
+from .names import UserNames, user_names, validate_domain
+from .secrets import SecretBytes, read_secret_file
+
+TEMPLATE_FIELDS = ("username", "slug", "domain", "trust_domain")
+
+
+def _utc(ts: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+
+
+def _check_template(value: str, trait: str) -> str:
+    for _, field_name, _, _ in string.Formatter().parse(value):
+        if field_name is not None and field_name not in TEMPLATE_FIELDS:
+            raise ConfigurationError(
+                f"Facility.{trait}: unknown field {{{field_name}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+            )
+    return value
+
+
+class Facility(LoggingConfigurable):
+    """What every user of the facility gets, in one place."""
+
+    domain = Unicode(
+        "localhost",
+        config=True,
+        help="""Domain under which user schedulers are named: ``<slug>.dask.<domain>``.
+
+        Example: ``c.Facility.domain = "coffea.casa"`` gives ``tls://alice.dask.coffea.casa:8786``.
+        A wildcard DNS record ``*.dask.<domain>`` must point at Traefik's ``dask`` entry point.
+        """,
+    )
+    dask_port = Int(8786, config=True, help="Public port of Traefik's ``dask`` entry point (TLS passthrough).")
+    scheduler_port = Int(8786, config=True, help="Port the scheduler sidecar listens on inside the session.")
+    dashboard_port = Int(8787, config=True, help="Port of the scheduler's dashboard (reached through jupyter-server-proxy).")
+
+    trust_domain = Unicode(
+        config=True,
+        help="""HTCondor ``TRUST_DOMAIN`` of the pool; becomes the IDTOKEN's ``iss``.
+
+        Must match the pool's setting exactly or clients never offer the token.
+        Example: ``c.Facility.trust_domain = "cms-af.unl.edu"``. Defaults to ``domain``.
+        """,
+    )
+
+    @default("trust_domain")
+    def _default_trust_domain(self):
+        return self.domain
+
+    collector_host = Unicode("", config=True, help="HTCondor collector (``_CONDOR_COLLECTOR_HOST``), e.g. ``red-condor.unl.edu:9619``.")
+    schedd_host = Unicode("", config=True, help="HTCondor schedd name (``_CONDOR_SCHEDD_HOST``) where workers are submitted.")
+    signing_key_file = Unicode(
+        "",
+        config=True,
+        help="""HTCondor signing-key file (``SEC_TOKEN_POOL_SIGNING_KEY_FILE`` or a file in
+        ``SEC_PASSWORD_DIRECTORY``), mode 0600, mounted only into the hub.
+        Example: ``c.Facility.signing_key_file = "/etc/casa/secrets/POOL"``. Empty: no IDTOKENs.
+        """,
+    )
+    signing_key_id = Unicode("POOL", config=True, help="Key id (``kid``) of the signing key: ``POOL`` or the key file's name.")
+    condor_authz = List(
+        Unicode(),
+        ["READ", "WRITE"],
+        config=True,
+        help="""Authorizations in the IDTOKEN's ``scope`` (``condor:/<authz>``), e.g. ``["READ", "WRITE"]``.""",
+    )
+    condor_identity = Unicode(
+        "{slug}@{trust_domain}",
+        config=True,
+        help="""Per-user HTCondor identity (``sub``); fields ``{username}``, ``{slug}``, ``{domain}``, ``{trust_domain}``.""",
+    )
+    condor_token_lifetime = Int(3 * 86400, config=True, help="Seconds an IDTOKEN lives; it is renewed after 2/3 of that.")
+
+    macaroon_secret_file = Unicode(
+        "",
+        config=True,
+        help="""XRootD ``macaroons.secretkey`` file (base64, >= 32 bytes decoded), mode 0600.
+        Example: ``c.Facility.macaroon_secret_file = "/etc/casa/secrets/macaroon-secret"``. Empty: no XCache tokens.
+        """,
+    )
+    xcache_site = Unicode("", config=True, help="XCache ``all.sitename``; the macaroon's location, e.g. ``T2_US_Nebraska``.")
+    xcache_host = Unicode("", config=True, help="XCache address given to the notebook as ``XCACHE_HOST``, e.g. ``root://xcache.cmsaf.unl.edu:1094``.")
+    xcache_activities = List(Unicode(), ["READ_METADATA", "DOWNLOAD", "LIST"], config=True, help="XRootD activities granted by the macaroon.")
+    xcache_paths = List(
+        Unicode(),
+        ["/store"],
+        config=True,
+        help="""Path prefixes the macaroon allows (directory-prefix match); templates allowed,
+        e.g. ``["/store/data", "/store/user/{username}"]``.""",
+    )
+    xcache_token_name = Unicode("{username}", config=True, help="The macaroon's ``name:`` caveat (template).")
+    xcache_token_lifetime = Int(12 * 3600, config=True, help="Seconds a macaroon lives; at most ``xcache_max_lifetime``.")
+    xcache_max_lifetime = Int(DEFAULT_MAX_LIFETIME, config=True, help="The XRootD server's ``macaroons.maxduration`` (86400 by default).")
+
+    tls_lifetime = Int(7 * 86400, config=True, help="Seconds the session's Dask certificates live (the CA key is discarded, so they are not renewed).")
+    renew_fraction = Float(2 / 3, config=True, help="Re-issue a credential once this fraction of its life has passed.")
+
+    @validate("domain")
+    def _validate_domain(self, proposal):
+        return validate_domain(proposal["value"])
+
+    @validate("condor_authz")
+    def _validate_authz(self, proposal):
+        levels = [a.strip().upper() for a in proposal["value"]]
+        unknown = [a for a in levels if a not in CONDOR_AUTHZ_LEVELS]
+        if unknown or not levels:
+            raise ConfigurationError(f"Facility.condor_authz: unknown or empty authorization {unknown or levels}")
+        return levels
+
+    @validate("xcache_activities")
+    def _validate_activities(self, proposal):
+        return list(parse_activities(proposal["value"]))
+
+    @validate("condor_identity", "xcache_token_name")
+    def _validate_template(self, proposal):
+        return _check_template(proposal["value"], proposal["trait"].name)
+
+    @validate("xcache_paths")
+    def _validate_paths(self, proposal):
+        return [_check_template(p, "xcache_paths") for p in proposal["value"]]
+
+    @validate("xcache_token_lifetime")
+    def _validate_xcache_lifetime(self, proposal):
+        if not 0 < proposal["value"] <= self.xcache_max_lifetime:
+            raise ConfigurationError(
+                f"Facility.xcache_token_lifetime={proposal['value']} must be within (0, xcache_max_lifetime={self.xcache_max_lifetime}]"
+            )
+        return proposal["value"]
+
+    # -- secrets, read once -------------------------------------------------
+
+    _signing_key: SecretBytes | None = None
+    _macaroon_secret: SecretBytes | None = None
+
+    @property
+    def issues_condor_tokens(self) -> bool:
+        return bool(self.signing_key_file)
+
+    @property
+    def issues_xcache_tokens(self) -> bool:
+        return bool(self.macaroon_secret_file)
+
+    def signing_key(self) -> SecretBytes:
+        if self._signing_key is None:
+            self._signing_key = SecretBytes(read_secret_file(self.signing_key_file, "HTCondor signing key"), "signing key")
+        return self._signing_key
+
+    def macaroon_secret(self) -> SecretBytes:
+        if self._macaroon_secret is None:
+            raw = read_secret_file(self.macaroon_secret_file, "macaroon secret")
+            self._macaroon_secret = SecretBytes(decode_secret(raw), "macaroon secret")
+        return self._macaroon_secret
+
+    def load_secrets(self) -> None:
+        """Read the configured key files now, so a bad file fails at hub start-up, not at a user's spawn."""
+        if self.issues_condor_tokens:
+            self.signing_key()
+        if self.issues_xcache_tokens:
+            self.macaroon_secret()
+
+    # -- per-user values ----------------------------------------------------
+
+    def names(self, username: str) -> UserNames:
+        return user_names(username, self.domain, self.dask_port)
+
+    def _fields(self, username: str) -> dict:
+        return {
+            "username": username,
+            "slug": self.names(username).slug,
+            "domain": self.domain,
+            "trust_domain": self.trust_domain,
+        }
+
+    def condor_token_file(self, username: str, now: dt.datetime) -> b.CredentialFile:
+        issued = make_idtoken(
+            self.signing_key().reveal(),
+            trust_domain=self.trust_domain,
+            identity=self.condor_identity.format(**self._fields(username)),
+            kid=self.signing_key_id,
+            authz=self.condor_authz,
+            lifetime=self.condor_token_lifetime,
+            issued_at=int(now.timestamp()),
+        )
+        record_issuance(username, "condor-idtoken", issued.expires_at, issued.token_id)
+        return b.CredentialFile(
+            b.CONDOR_TOKEN_PATH,
+            issued.token.encode() + b"\n",
+            "condor-token",
+            frozenset({b.NOTEBOOK}),
+            issued_at=_utc(issued.issued_at),
+            expires_at=_utc(issued.expires_at),
+        )
+
+    def xcache_token_file(self, username: str, now: dt.datetime) -> b.CredentialFile:
+        fields = self._fields(username)
+        issued = make_macaroon(
+            self.macaroon_secret().reveal(),
+            location=self.xcache_site or self.domain,
+            name=self.xcache_token_name.format(**fields),
+            activities=self.xcache_activities,
+            paths=[p.format(**fields) for p in self.xcache_paths],
+            lifetime=self.xcache_token_lifetime,
+            max_lifetime=self.xcache_max_lifetime,
+            now=now,
+        )
+        record_issuance(username, "xcache-macaroon", issued.expires_at, issued.identifier)
+        return b.CredentialFile(
+            b.BEARER_TOKEN_PATH,
+            issued.token.encode() + b"\n",
+            "xcache-token",
+            frozenset({b.NOTEBOOK, b.WORKER}),
+            issued_at=now.replace(microsecond=0),
+            expires_at=issued.expires_at,
+        )
+
+    def bearer_token_file(self, username: str, access_token: str, expires_at: dt.datetime | None, now) -> b.CredentialFile:
+        """The IdP access token as a WLCG bearer-token file (used when no XCache secret is set)."""
+        record_issuance(username, "wlcg-bearer", expires_at, None)
+        return b.CredentialFile(
+            b.BEARER_TOKEN_PATH,
+            access_token.strip().encode() + b"\n",
+            "bearer-token",
+            frozenset({b.NOTEBOOK, b.WORKER}),
+            issued_at=now.replace(microsecond=0),
+            expires_at=expires_at,
+        )
+
+    def tls_files(self, username: str, now: dt.datetime) -> list[b.CredentialFile]:
+        host = self.names(username).scheduler_host
+        tls = make_session_tls(host, lifetime=self.tls_lifetime, now=now)
+        record_issuance(username, "dask-tls", tls.expires_at, host)
+        common = dict(issued_at=now.replace(microsecond=0), expires_at=tls.expires_at)
+        return [
+            b.CredentialFile(b.DASK_CA_PATH, tls.ca_pem, "dask-ca", frozenset({b.NOTEBOOK, b.SCHEDULER, b.WORKER}), mode=0o644, **common),
+            b.CredentialFile(b.DASK_CLIENT_PATH, tls.client_pem, "dask-client", frozenset({b.NOTEBOOK}), **common),
+            b.CredentialFile(b.DASK_WORKER_PATH, tls.worker_pem, "dask-worker", frozenset({b.NOTEBOOK, b.WORKER}), **common),
+            b.CredentialFile(b.DASK_SCHEDULER_PATH, tls.scheduler_pem, "dask-scheduler", frozenset({b.SCHEDULER}), **common),
+        ]
+
+    def issue_bundle(
+        self,
+        username: str,
+        *,
+        access_token: str | None = None,
+        access_token_expires_at: dt.datetime | None = None,
+        now: dt.datetime | None = None,
+    ) -> b.CredentialBundle:
+        """Every credential one session needs (pure apart from the audit log)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        files = list(self.tls_files(username, now))
+        if self.issues_condor_tokens:
+            files.append(self.condor_token_file(username, now))
+        if self.issues_xcache_tokens:
+            files.append(self.xcache_token_file(username, now))
+        elif access_token:
+            files.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        return b.CredentialBundle(tuple(files))
+
+    def renew_bundle(
+        self,
+        username: str,
+        bundle: b.CredentialBundle,
+        *,
+        access_token: str | None = None,
+        access_token_expires_at: dt.datetime | None = None,
+        now: dt.datetime | None = None,
+    ) -> b.CredentialBundle | None:
+        """A bundle with every token past ``renew_fraction`` of its life re-issued, or None if none is due.
+
+        TLS files are never renewed (their CA key is gone); the IdP token is replaced
+        only when a fresher one is given.
+        """
+        now = now or dt.datetime.now(dt.timezone.utc)
+        renewed = []
+        for cred in bundle.due_for_renewal(now, self.renew_fraction):
+            if cred.kind == "condor-token":
+                renewed.append(self.condor_token_file(username, now))
+            elif cred.kind == "xcache-token":
+                renewed.append(self.xcache_token_file(username, now))
+        current = bundle.get(b.BEARER_TOKEN_PATH)
+        if access_token and current is not None and current.kind == "bearer-token":
+            if current.content.strip() != access_token.strip().encode():
+                renewed.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        return bundle.replacing(*renewed) if renewed else None
