@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     nm.set_defaults(func=_names)
 
     for ep in entry_points(group="casa.commands"):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except ImportError as e:  # an optional part (e.g. kubespawner) is not installed
+            logging.getLogger("casa").warning("command %s unavailable: %s", ep.name, e)
+            continue
+        register(sub)
     return parser
 
 
