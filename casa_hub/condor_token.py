@@ -112,7 +112,7 @@ def make_idtoken(
     ``exp`` is always set (``issued_at + lifetime``); ``scope`` lists ``condor:/<authz>``
     in the order given.  Raises :class:`CredentialError` for bad input.
     """
-    if not trust_domain or any(c.isspace() for c in trust_domain):
+    if not trust_domain or any(c.isspace() or c == "," for c in trust_domain):
         raise CredentialError(f"invalid HTCondor trust domain {trust_domain!r}")
     if not identity or any(c.isspace() for c in identity):
         raise CredentialError(f"invalid HTCondor identity {identity!r}")
