@@ -2,9 +2,21 @@
 
 A token is a pymacaroons macaroon whose location is the server's ``all.sitename``,
 whose identifier is a uuid4, signed with the base64-decoded ``macaroons.secretkey``,
-with the caveats ``name:``, ``activity:``, one ``path:`` per prefix and ``before:``
+with the caveats ``name:``, ``activity:``, a single ``path:`` and ``before:``
 (UTC, ``%Y-%m-%dT%H:%M:%SZ``).  XRootD refuses a token whose ``before`` lies more
 than ``macaroons.maxduration`` (86400 s by default) ahead, so issuing one is an error.
+
+Checked against a real XRootD 5.5 (tests/test_macaroon_real.py):
+
+* XRootD requires *every* ``path:`` caveat to match the requested path (libmacaroons
+  checks each caveat on its own), so a token with two disjoint prefixes authorises
+  nothing: one prefix per token.
+* XRootD compares the prefix as a plain string (``strncmp``): ``path:/store/user/al``
+  also grants ``/store/user/alice/...``.  The caveat is therefore written with a
+  trailing ``/`` (``path:/store/user/al/``), which makes the match directory-wise.
+  The directory itself stays readable as ``/store/user/al/`` (listing) and for
+  metadata (HEAD, PROPFIND); only a listing requested without the slash is refused.
+* ``name:`` restricts nothing; XRootD records it as the request's user name.
 """
 
 from __future__ import annotations
@@ -97,9 +109,18 @@ def make_macaroon(
     if not name or any(c.isspace() for c in name):
         raise CredentialError(f"invalid macaroon user name {name!r}")
     acts = parse_activities(activities)
-    path_list = [_check_path(p) for p in ([paths] if isinstance(paths, str) else list(paths))]
+    # XRootD matches path: as a string prefix; the trailing slash makes it directory-wise.
+    path_list = list(dict.fromkeys(
+        p if p.endswith("/") else p + "/"
+        for p in (_check_path(p) for p in ([paths] if isinstance(paths, str) else list(paths)))
+    ))
     if not path_list:
-        raise CredentialError("a macaroon needs at least one path prefix (e.g. /store)")
+        raise CredentialError("a macaroon needs a path prefix (e.g. /store)")
+    if len(path_list) > 1:
+        raise CredentialError(
+            "XRootD requires every path: caveat of a macaroon to match (they are ANDed), so a "
+            f"token for several prefixes {path_list} would authorise nothing; give exactly one"
+        )
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).replace(microsecond=0)
     if (lifetime is None) == (expires is None):
         raise CredentialError("give exactly one of a lifetime or an expiry time")
