@@ -105,8 +105,9 @@ class Facility(LoggingConfigurable):
         Unicode(),
         ["/store"],
         config=True,
-        help="""Path prefixes the macaroon allows (directory-prefix match); templates allowed,
-        e.g. ``["/store/data", "/store/user/{username}"]``.""",
+        help="""The path prefix the macaroon allows (directory-wise match), as a one-element list;
+        templates allowed, e.g. ``["/store/user/{username}"]`` so users cannot read each
+        other's areas.  XRootD ANDs ``path:`` caveats, so one token can carry only one prefix.""",
     )
     xcache_token_name = Unicode("{username}", config=True, help="The macaroon's ``name:`` caveat (template).")
     xcache_token_lifetime = Int(12 * 3600, config=True, help="Seconds a macaroon lives; at most ``xcache_max_lifetime``.")
@@ -137,7 +138,13 @@ class Facility(LoggingConfigurable):
 
     @validate("xcache_paths")
     def _validate_paths(self, proposal):
-        return [_check_template(p, "xcache_paths") for p in proposal["value"]]
+        paths = [_check_template(p, "xcache_paths") for p in proposal["value"]]
+        if len(paths) != 1:
+            raise ConfigurationError(
+                f"Facility.xcache_paths must hold exactly one prefix, got {paths}: XRootD requires every "
+                "path: caveat of a macaroon to match, so several prefixes would authorise nothing"
+            )
+        return paths
 
     @validate("xcache_token_lifetime")
     def _validate_xcache_lifetime(self, proposal):
