@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             register = ep.load()
         except ImportError as e:  # an optional part (e.g. kubespawner) is not installed
-            logging.getLogger("casa").warning("command %s unavailable: %s", ep.name, e)
+            logging.getLogger("casa").debug("command %s unavailable: %s", ep.name, e)
             continue
         register(sub)
     return parser

@@ -17,7 +17,7 @@ from . import bundle as b
 from .audit import record_issuance
 from .condor_token import CONDOR_AUTHZ_LEVELS, make_idtoken
 from .dask_tls import make_session_tls
-from .errors import ConfigurationError
+from .errors import ConfigurationError, CredentialError
 from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
 from .names import UserNames, user_names, validate_domain
 from .secrets import SecretBytes, read_secret_file
@@ -130,7 +130,10 @@ class Facility(LoggingConfigurable):
 
     @validate("xcache_activities")
     def _validate_activities(self, proposal):
-        return list(parse_activities(proposal["value"]))
+        try:
+            return list(parse_activities(proposal["value"]))
+        except CredentialError as e:
+            raise ConfigurationError(f"Facility.xcache_activities: {e}") from None
 
     @validate("condor_identity", "xcache_token_name")
     def _validate_template(self, proposal):

@@ -42,10 +42,11 @@ def read_secret_file(path: str, label: str) -> bytes:
         raise ConfigurationError(f"{label} file {path} does not exist") from None
     except OSError as e:
         raise ConfigurationError(f"cannot open {label} file {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigurationError(f"{label} file {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigurationError(f"{label} file {path} is not a regular file")
         if st.st_mode & 0o077:
             raise ConfigurationError(
                 f"{label} file {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
