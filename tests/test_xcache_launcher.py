@@ -1,0 +1,146 @@
+"""``casa_spawner.xcache.XCacheServer`` against the real ``xrootd`` 5.5: what a user's token reads.
+
+One server per test module; every request is made over HTTP on loopback as a notebook's
+client would, with the macaroon the hub's ``Facility`` issues.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import socket
+import stat
+import urllib.error
+import urllib.request
+
+import pytest
+
+from casa_hub.errors import CasaError
+from casa_hub.facility import Facility
+from casa_spawner.xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret, xrootd_config
+
+SITE = "CASA_XC_TEST"
+
+
+def get(server: XCacheServer, path: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(server.url + path)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def token(facility: Facility, user: str) -> str:
+    return facility.xcache_token_file(user, dt.datetime.now(dt.timezone.utc)).content.decode().strip()
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    return ensure_macaroon_secret(tmp_path / "state" / "macaroon-secret")
+
+
+@pytest.fixture
+def facility(secret_file):
+    return Facility(macaroon_secret_file=str(secret_file), xcache_site=SITE, xcache_paths=["/store/user/{username}"])
+
+
+@pytest.fixture
+async def server(secret_file):
+    srv = XCacheServer(
+        sitename=SITE,
+        secret_file=str(secret_file),
+        users=["alice", "bob"],
+        public_paths=["/store/data"],
+        files={DEMO_DATA_PATH: DEMO_DATA, "/store/user/alice/notes.txt": b"alice's notes\n"},
+        ready_timeout=40,
+    )
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def test_secret_file_is_private_base64_with_newline(secret_file):
+    raw = secret_file.read_bytes()
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+    assert len(base64.b64decode(raw)) >= 32
+
+
+def test_existing_secret_is_kept(secret_file):
+    before = secret_file.read_bytes()
+    assert ensure_macaroon_secret(secret_file) == secret_file
+    assert secret_file.read_bytes() == before
+
+
+def test_world_readable_secret_is_refused(secret_file):
+    os.chmod(secret_file, 0o644)
+    with pytest.raises(CasaError, match="chmod 600"):
+        ensure_macaroon_secret(secret_file)
+
+
+def test_config_has_the_directives_xrootd_needs(tmp_path):
+    text = xrootd_config(port=1094, sitename=SITE, secret_path="/s", export_root="/e", admin_dir="/a", authdb_path="/d", maxduration=3600)
+    lines = text.splitlines()
+    for line in ("http.header2cgi Authorization authz", "ofs.authlib libXrdMacaroons.so", "macaroons.maxduration 3600",
+                 f"all.sitename {SITE}", "xrd.protocol XrdHttp:1094 libXrdHttp.so", "macaroons.secretkey /s"):
+        assert line in lines
+    assert not any("http.trace" in line for line in lines)
+
+
+async def test_user_token_reads_own_area_and_not_anothers(server, facility):
+    alice, bob = token(facility, "alice"), token(facility, "bob")
+    assert get(server, "/store/user/alice/notes.txt", alice) == (200, b"alice's notes\n")
+    assert get(server, "/store/user/alice/notes.txt", bob)[0] == 403
+    assert get(server, "/store/user/alice/notes.txt")[0] == 403
+
+
+async def test_demo_data_is_open_to_read(server, facility):
+    assert get(server, DEMO_DATA_PATH) == (200, DEMO_DATA)
+    assert get(server, DEMO_DATA_PATH, token(facility, "bob")) == (200, DEMO_DATA)
+
+
+async def test_token_signed_with_another_secret_is_refused(server, tmp_path):
+    other = Facility(macaroon_secret_file=str(ensure_macaroon_secret(tmp_path / "other")), xcache_site=SITE,
+                     xcache_paths=["/store/user/{username}"])
+    assert get(server, "/store/user/alice/notes.txt", token(other, "alice"))[0] == 403
+
+
+async def test_stop_ends_the_process_and_removes_files(secret_file):
+    srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40)
+    await srv.start()
+    pid, run_dir, port = srv.process.pid, srv.run_dir, srv.port
+    secret = secret_file.read_bytes().strip()
+    assert secret not in srv.log_path.read_bytes()
+    await srv.stop()
+    await srv.stop()  # idempotent
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not run_dir.exists()  # with the secret's copy
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+async def test_bad_secret_gives_a_clear_error_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "short"
+    bad.write_bytes(base64.b64encode(b"x" * 8) + b"\n")
+    os.chmod(bad, 0o600)
+    srv = XCacheServer(sitename=SITE, secret_file=str(bad))
+    with pytest.raises(CasaError, match="at least"):
+        await srv.start()
+    assert srv.process is None and srv.run_dir is None
+
+
+async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_file):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), port=taken.getsockname()[1], ready_timeout=20)
+        with pytest.raises(CasaError, match="(?s)exited.*xrootd log tail.*in use"):
+            await srv.start()
+    assert srv.process is None and srv.run_dir is None
