@@ -1,0 +1,60 @@
+"""Time to issue one user's full credential bundle vs. three RSA-2048 keygens (the old way).
+
+Earlier facilities generated an RSA-2048 key per certificate inside the hub's
+event loop; a session needs three (scheduler, client, worker).  Both are timed
+in the same run; the figure that matters is the ratio.
+
+    python3 bench/credentials.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import tempfile
+import time
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from casa_hub.facility import Facility
+
+
+def make_facility(tmp: str) -> Facility:
+    key = os.path.join(tmp, "POOL")
+    mac = os.path.join(tmp, "macaroon")
+    for path, data in ((key, os.urandom(32)), (mac, base64.b64encode(os.urandom(32)) + b"\n")):
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+            fh.write(data)
+    facility = Facility(domain="coffea.casa", signing_key_file=key, macaroon_secret_file=mac, xcache_site="T2_US_Bench")
+    facility.load_secrets()
+    return facility
+
+
+def timed(fn, repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        facility = make_facility(tmp)
+        facility.issue_bundle("warmup", access_token="x")
+        bundle = timed(lambda: facility.issue_bundle("alice", access_token="at"), args.repeat)
+        rsa3 = timed(lambda: [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)], args.repeat)
+    b_med, r_med = statistics.median(bundle), statistics.median(rsa3)
+    print(f"full bundle (CA + 3 ECDSA P-256 certs, IDTOKEN, macaroon): median {b_med * 1e3:.2f} ms, max {max(bundle) * 1e3:.2f} ms")
+    print(f"3 x RSA-2048 keygen (baseline):                            median {r_med * 1e3:.2f} ms, max {max(rsa3) * 1e3:.2f} ms")
+    print(f"ratio baseline / bundle: {r_med / b_med:.1f}x  (n={args.repeat} each)")
+
+
+if __name__ == "__main__":
+    main()
