@@ -1,8 +1,15 @@
 """Shared pytest set-up: fixtures of one component live in that component's own module."""
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
+
+# Tests never talk to a real cluster: KubeSpawner's load_config() needs some kubeconfig,
+# and kubernetes_asyncio reads KUBECONFIG when first imported, so set it before any test
+# module imports it.  Spawners under test point k8s_api_host at tests/fake_kube's server.
+os.environ["KUBECONFIG"] = str(Path(__file__).with_name("fake_kube") / "kubeconfig.yaml")
 
 
 @pytest.fixture(autouse=True)
