@@ -11,7 +11,7 @@ import datetime as dt
 import string
 
 from traitlets import Float, Int, List, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
+from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
 from .audit import record_issuance
@@ -38,8 +38,12 @@ def _check_template(value: str, trait: str) -> str:
     return value
 
 
-class Facility(LoggingConfigurable):
-    """What every user of the facility gets, in one place."""
+class Facility(SingletonConfigurable):
+    """What every user of the facility gets, in one place.
+
+    Spawners and services share one instance -- ``Facility.instance(config=self.config)``
+    -- so key files are read once per hub, not once per user.
+    """
 
     domain = Unicode(
         "localhost",
