@@ -1,0 +1,408 @@
+"""CasaOAuthenticator: OIDC login for a facility, with group rules that survive token refresh.
+
+A plain subclass of oauthenticator's ``GenericOAuthenticator``: presets for the IdPs
+facilities use (``idp``), groups from configurable claim paths, and the ``casa`` part of
+auth_state added in ``modify_auth_state_hook`` — which oauthenticator also runs on
+``refresh_user`` — so a refresh keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from inspect import isawaitable
+
+import jwt
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default, validate
+
+from .groups import MalformedClaims, extract_groups, normalise_groups, string_claim
+from .pages import CasaLoginPage, LoginProblem
+from .presets import ENDPOINT_TRAITS, PRESETS, DiscoveryError, discovery_url, parse_discovery, preset_endpoints
+from .state import CASA_KEY, casa_state, token_expires_at
+
+_ENDPOINT_ENV = {
+    "authorize_url": "OAUTH2_AUTHORIZE_URL",
+    "token_url": "OAUTH2_TOKEN_URL",
+    "userdata_url": "OAUTH2_USERDATA_URL",
+}
+
+
+def add_casa_state(authenticator, auth_state):
+    """The default ``modify_auth_state_hook``: adds ``auth_state["casa"]`` (see casa_auth.state)."""
+    return authenticator.add_casa_state(auth_state)
+
+
+def _chain_hooks(first, second):
+    """A modify_auth_state_hook running ``first`` (the operator's) and then ``second`` (casa's)."""
+
+    async def hook(authenticator, auth_state):
+        for fn in (first, second):
+            auth_state = fn(authenticator, auth_state)
+            if isawaitable(auth_state):
+                auth_state = await auth_state
+        return auth_state
+
+    hook.adds_casa_state = True
+    return hook
+
+
+add_casa_state.adds_casa_state = True
+
+
+class CasaLoginHandler(OAuthLoginHandler):
+    """The stock login redirect, after the endpoints are known (OIDC discovery is async)."""
+
+    async def get(self):
+        await self.authenticator.discover_endpoints()
+        return super().get()
+
+
+class CasaCallbackHandler(OAuthCallbackHandler):
+    async def get(self):
+        await self.authenticator.discover_endpoints()
+        return await super().get()
+
+
+class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
+    """Log facility users in with their experiment's OIDC provider; admit members of the right groups."""
+
+    login_handler = CasaLoginHandler
+    callback_handler = CasaCallbackHandler
+
+    idp = CaselessStrEnum(
+        sorted(PRESETS),
+        default_value="generic",
+        config=True,
+        help="""Identity-provider preset: ``"cms-iam"`` (INDIGO IAM), ``"cilogon"`` or ``"generic"``.
+
+        A preset gives defaults for the endpoints (derived from ``issuer``), ``scope``,
+        ``group_claims``, ``username_claim`` and ``login_service``; set any of them to override.
+        Example: ``c.CasaOAuthenticator.idp = "cms-iam"``.
+        """,
+    )
+    issuer = Unicode(
+        config=True,
+        help="""The IdP's issuer URL; endpoints are derived from it (presets) or discovered.
+
+        Example: ``c.CasaOAuthenticator.issuer = "https://cms-auth.cern.ch/"``. Defaults to the preset's.
+        """,
+    )
+    oidc_discovery = Bool(
+        config=True,
+        help="""Read endpoints from ``<issuer>/.well-known/openid-configuration`` at the first login.
+
+        Endpoints set in config or by ``OAUTH2_*_URL`` environment variables win.
+        Defaults to True for ``idp = "generic"`` with an ``issuer``, False otherwise.
+        """,
+    )
+    group_claims = List(
+        Unicode(),
+        config=True,
+        help="""Claim paths holding the user's groups (dotted for nested claims).
+
+        A claim may be a string or a list of strings; a leading ``/`` is stripped
+        (``/cms`` -> ``cms``).  ``wlcg.groups`` matches the flat WLCG claim as well as
+        ``{"wlcg": {"groups": ...}}``.  Example: ``["wlcg.groups", "groups", "eduperson_entitlement"]``.
+        """,
+    )
+    group_claim_sources = List(
+        CaselessStrEnum(["userinfo", "id_token"]),
+        ["userinfo", "id_token"],
+        config=True,
+        help="""Where ``group_claims`` are read: the userinfo answer and/or the ID token's claims.""",
+    )
+    username_strip_domains = List(
+        Unicode(),
+        config=True,
+        help="""E-mail domains removed from the username claim: ``["cern.ch"]`` turns ``Alice@cern.ch`` into ``alice``.
+
+        Only the listed domains are stripped, so two people at different domains never share a name.
+        """,
+    )
+    storage_scopes = List(
+        Unicode(),
+        config=True,
+        help="""WLCG storage scopes added to ``scope``, e.g. ``["storage.read:/", "storage.create:/store/user"]``.""",
+    )
+    id_token_claims = List(
+        Unicode(),
+        ["iss", "sub", "aud", "exp", "auth_time", "email", "name", "preferred_username"],
+        config=True,
+        help="""ID-token claims kept in ``auth_state["casa"]["claims"]`` for spawners and services.""",
+    )
+    access_token_refresh_margin = Int(
+        300,
+        config=True,
+        help="""On ``refresh_user``, renew the access token with the refresh token when it expires within this many seconds.
+
+        So a spawn (``refresh_pre_spawn``) never starts with a token about to die. 0: only renew expired tokens.
+        """,
+    )
+
+    # -- defaults that differ from GenericOAuthenticator ------------------------
+
+    @property
+    def preset(self):
+        return PRESETS[self.idp]
+
+    @default("issuer")
+    def _default_issuer(self):
+        return self.preset.issuer
+
+    @default("oidc_discovery")
+    def _default_oidc_discovery(self):
+        return self.idp == "generic" and bool(self.issuer)
+
+    def _preset_endpoint(self, trait):
+        env = os.environ.get(_ENDPOINT_ENV[trait], "")
+        if env:
+            return env
+        if self.oidc_discovery:
+            return ""
+        return preset_endpoints(self.preset, self.issuer).get(trait, "")
+
+    @default("authorize_url")
+    def _default_authorize_url(self):
+        return self._preset_endpoint("authorize_url")
+
+    @default("token_url")
+    def _default_token_url(self):
+        return self._preset_endpoint("token_url")
+
+    @default("userdata_url")
+    def _default_userdata_url(self):
+        if self.userdata_from_id_token:
+            return ""
+        return self._preset_endpoint("userdata_url")
+
+    @default("login_service")
+    def _default_login_service(self):
+        return os.environ.get("LOGIN_SERVICE") or self.preset.login_service
+
+    @default("scope")
+    def _default_scope(self):
+        return list(dict.fromkeys([*self.preset.scopes, *self.storage_scopes]))
+
+    @default("storage_scopes")
+    def _default_storage_scopes(self):
+        return list(self.preset.storage_scopes)
+
+    @default("group_claims")
+    def _default_group_claims(self):
+        return list(self.preset.group_claims)
+
+    @default("username_claim")
+    def _default_username_claim(self):
+        return os.environ.get("OAUTH2_USERNAME_KEY") or self.preset.username_claim
+
+    @default("manage_groups")
+    def _default_manage_groups(self):
+        # allowed_groups / admin_groups work without the operator knowing about manage_groups
+        return True
+
+    @default("enable_auth_state")
+    def _default_enable_auth_state(self):
+        # spawners need the access token; needs JUPYTERHUB_CRYPT_KEY
+        return True
+
+    @default("modify_auth_state_hook")
+    def _default_modify_auth_state_hook(self):
+        return add_casa_state
+
+    @validate("modify_auth_state_hook")
+    def _keep_casa_state(self, proposal):
+        hook = proposal["value"]
+        if hook is None:
+            return add_casa_state
+        if getattr(hook, "adds_casa_state", False):
+            return hook
+        return _chain_hooks(hook, add_casa_state)
+
+    @validate("allowed_groups", "admin_groups")
+    def _normalise_configured_groups(self, proposal):
+        return set(normalise_groups(proposal["value"]))
+
+    # -- endpoints ----------------------------------------------------------------
+
+    _discovered = False
+
+    async def discover_endpoints(self):
+        """Fill unset endpoints from the issuer's discovery document (once); a failure is a clear 502."""
+        if not self.oidc_discovery or self._discovered:
+            return
+        if not self.issuer:
+            raise LoginProblem(502, "OIDC discovery is on but no issuer is configured (CasaOAuthenticator.issuer)")
+        url = discovery_url(self.issuer)
+        try:
+            document = await self.httpfetch(url, label="reading the OIDC discovery document", validate_cert=self.validate_server_cert)
+            endpoints = parse_discovery(document, self.issuer)
+        except asyncio.CancelledError:
+            raise
+        except (DiscoveryError, HTTPClientError, OSError, ValueError) as e:
+            self.log.error("OIDC discovery at %s failed: %s", url, e)
+            raise LoginProblem(502, f"The hub could not read its identity provider's configuration at {url}: {e}") from None
+        for trait in ENDPOINT_TRAITS:
+            if trait == "userdata_url" and self.userdata_from_id_token:
+                continue
+            if not getattr(self, trait) and trait in endpoints:
+                setattr(self, trait, endpoints[trait])
+        self._discovered = True
+        self.log.info("OIDC endpoints of %s: %s", self.issuer, {t: getattr(self, t) for t in ENDPOINT_TRAITS})
+
+    # -- the IdP's answers ----------------------------------------------------------
+
+    async def get_token_info(self, handler, params):
+        """The token response, stamped with ``expires_at`` so later refreshes know the token's real age."""
+        token_info = await super().get_token_info(handler, params)
+        if isinstance(token_info, dict):
+            expires_at = token_expires_at(token_info)
+            if expires_at is not None:
+                token_info["expires_at"] = expires_at
+        return token_info
+
+    def user_info_to_username(self, user_info):
+        if callable(self.username_claim):
+            value = self.username_claim(user_info)
+            if not isinstance(value, str) or not value.strip():
+                raise MalformedClaims(f"the username_claim callable returned {value!r} instead of a name")
+        else:
+            value = string_claim(user_info, self.username_claim)
+        return self.map_username(value)
+
+    def map_username(self, value: str) -> str:
+        """JupyterHub username from the username claim: lower-cased, listed e-mail domains stripped."""
+        name = value.strip().lower()
+        local, at, domain = name.rpartition("@")
+        if at and domain in {d.lower().lstrip("@") for d in self.username_strip_domains}:
+            name = local
+        return name
+
+    def id_token_claims_of(self, auth_state) -> dict | None:
+        """Claims of the ID token in this token response (signature not checked: it came straight from the
+        token endpoint, OIDC Core 3.1.3.7), after checking it is meant for this client."""
+        id_token = auth_state.get("id_token")
+        if not id_token:
+            return None
+        try:
+            claims = jwt.decode(id_token, options={"verify_signature": False, "verify_exp": False, "verify_aud": False})
+        except jwt.PyJWTError as e:
+            raise MalformedClaims(f"the identity provider's ID token cannot be decoded ({e})") from None
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if self.client_id and self.client_id not in audiences:
+            raise MalformedClaims(f"the identity provider's ID token is for {aud!r}, not for this hub ({self.client_id})")
+        return claims
+
+    def add_casa_state(self, auth_state: dict) -> dict:
+        """``auth_state["casa"]``: username, facility slug, groups, access-token expiry, kept ID-token claims."""
+        user_info = auth_state.get(self.user_auth_state_key)
+        id_claims = self.id_token_claims_of(auth_state)
+        sources = {}
+        if "userinfo" in self.group_claim_sources:
+            sources["userinfo"] = user_info
+        if "id_token" in self.group_claim_sources:
+            sources["id_token"] = id_claims
+        groups = extract_groups(sources, self.group_claims)
+        username = self.normalize_username(self.user_info_to_username(user_info))
+        kept = {k: id_claims[k] for k in self.id_token_claims if id_claims and k in id_claims}
+        auth_state[CASA_KEY] = casa_state(
+            username=username,
+            groups=groups,
+            idp=self.idp,
+            access_token_expires_at=token_expires_at(auth_state.get("token_response")),
+            claims=kept,
+        )
+        return auth_state
+
+    async def get_user_groups(self, auth_state):
+        return set(auth_state[CASA_KEY]["groups"])
+
+    # -- login ------------------------------------------------------------------------
+
+    async def authenticate(self, handler, data=None, **kwargs):
+        """oauthenticator's flow, with every failure turned into a page that says what went wrong."""
+        try:
+            return await super().authenticate(handler, data, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except MalformedClaims as e:
+            self.log.warning("Login refused, malformed IdP answer: %s", e)
+            raise LoginProblem(403, f"Sign-in failed: {e}. Please tell the facility's administrators.") from None
+        except LoginProblem:
+            raise
+        except web.HTTPError as e:
+            if e.status_code < 500:
+                raise
+            self.log.error("Login failed: %s", e.log_message)
+            raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
+        except HTTPClientError as e:
+            raise LoginProblem(502, f"Sign-in failed: the identity provider answered HTTP {e.code}. Please try again later.") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.log.error("Login failed, unusable IdP answer: %r", e)
+            raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
+
+    async def check_allowed(self, username, auth_model):
+        """oauthenticator's rules (allowed_users, admin, allowed_groups ...); a refusal is a 403 page naming the groups."""
+        if auth_model is None:
+            return True
+        if await super().check_allowed(username, auth_model):
+            return True
+        raise self.refusal(username, auth_model.get("groups") or [], self.allowed_groups | self.admin_groups)
+
+    # -- refresh ------------------------------------------------------------------------
+
+    def _access_token_due(self, auth_state) -> tuple[bool, bool]:
+        """(due for renewal, already expired) for the stored access token."""
+        expires_at = ((auth_state or {}).get(CASA_KEY) or {}).get("access_token_expires_at")
+        if not expires_at:
+            return False, False
+        now = time.time()
+        return now >= expires_at - self.access_token_refresh_margin, now >= expires_at
+
+    async def _renew_access_token(self, user, auth_state, handler):
+        """Trade the refresh token for a fresh access token and store it, before oauthenticator's refresh reads it."""
+        refresh_token = auth_state.get("refresh_token")
+        token_info = await self.get_token_info(handler, self.build_refresh_token_request_params(refresh_token))
+        if not token_info.get("refresh_token"):
+            token_info["refresh_token"] = refresh_token
+        await user.save_auth_state(
+            {
+                **auth_state,
+                "access_token": token_info["access_token"],
+                "refresh_token": token_info["refresh_token"],
+                "token_response": token_info,
+            }
+        )
+        self.log.info("Renewed the access token of %s", user.name)
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """oauthenticator's refresh (casa keys rebuilt by the hook), renewing near-dead tokens first.
+
+        Any failure — refresh token refused, IdP down, malformed answer, groups lost — returns
+        False: JupyterHub then asks for a new login instead of keeping a dead token.
+        """
+        try:
+            await self.discover_endpoints()
+            if self.enable_auth_state:
+                auth_state = await user.get_auth_state()
+                due, expired = self._access_token_due(auth_state)
+                if due and auth_state.get("refresh_token"):
+                    await self._renew_access_token(user, auth_state, handler)
+                elif expired:
+                    self.log.info("The access token of %s expired and there is no refresh token", user.name)
+                    return False
+            model = await super().refresh_user(user, handler, **kwargs)
+            if isinstance(model, dict) and not await super().check_allowed(user.name, model):
+                self.log.warning("%s is no longer in an allowed group (has %s)", user.name, model.get("groups"))
+                return False
+            return model
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.warning("Refreshing the login of %s failed, a new login is required: %s", user.name, e)
+            return False
