@@ -1,0 +1,375 @@
+"""CasaLocalSpawner: the facility on one machine, from the same ``casa_hub`` plan as Kubernetes.
+
+Per user, under ``<state_dir>/users/<slug>/`` (0700):
+
+- ``credentials/`` -- the notebook's files (``bundle.for_audience("notebook")``), 0700/0600;
+- ``scheduler/`` -- the scheduler's certificate only: the notebook never sees its key;
+- ``scheduler.log`` -- the scheduler's output;
+
+plus the Dask scheduler as a child process (TLS, on a free local port) and a Traefik
+route file ``<routes_dir>/casa-dask-<slug>.yml``.  On stop -- or when the notebook
+or the scheduler dies -- all of it goes.  The notebook runs as the hub's own user
+(like JupyterHub's ``SimpleLocalProcessSpawner``): a laptop or demo facility, not a
+multi-tenant one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.utils import random_port
+from traitlets import Float, Instance, Unicode, default
+
+from casa_hub import bundle as b
+from casa_hub.bundle import CredentialBundle, CredentialFile
+from casa_hub.facility import Facility
+from casa_hub.plan import SessionPlan, plan_session
+
+from .traefik import remove_route_file, write_route_file
+
+STATE_KEY = "casa"
+
+
+class CasaLocalSpawner(SimpleLocalProcessSpawner):
+    """Notebook, Dask scheduler and Traefik route for each user, as local processes and files."""
+
+    state_dir = Unicode(
+        "/tmp/casa-local",
+        config=True,
+        help="""Directory for per-user sessions (credentials, scheduler files, logs); made 0700.
+
+        Example: ``c.CasaLocalSpawner.state_dir = "/var/lib/casa"``.
+        """,
+    )
+    routes_dir = Unicode(
+        config=True,
+        help="""Directory watched by Traefik's file provider; one route file per user is written here.
+
+        Example: ``c.CasaLocalSpawner.routes_dir = "/var/lib/casa/traefik/routes"``.
+        Defaults to ``<state_dir>/routes``.
+        """,
+    )
+
+    @default("routes_dir")
+    def _default_routes_dir(self):
+        return os.path.join(self.state_dir, "routes")
+
+    dask_entry_point = Unicode("dask", config=True, help="Name of Traefik's entry point for Dask (TLS passthrough).")
+    scheduler_host = Unicode("127.0.0.1", config=True, help="Address the scheduler listens on (Traefik reaches it there).")
+    scheduler_connect_host = Unicode(
+        "",
+        config=True,
+        help="""Where notebooks and local workers connect to reach Traefik's ``dask`` entry point when
+        ``<slug>.dask.<domain>`` does not resolve (no wildcard DNS), given to the notebook as
+        ``CASA_SCHEDULER_CONNECT_HOST``; the scheduler name is still sent as TLS SNI.
+
+        Example: ``c.CasaLocalSpawner.scheduler_connect_host = "127.0.0.1"``.
+        """,
+    )
+    scheduler_start_timeout = Float(60.0, config=True, help="Seconds to wait for the scheduler to accept connections.")
+    scheduler_stop_timeout = Float(10.0, config=True, help="Seconds between SIGTERM and SIGKILL when stopping the scheduler.")
+    home_dir_template = Unicode(
+        "",
+        config=True,
+        help="""Home directory of the notebook (``{username}``, ``{slug}``); defaults to ``<state_dir>/home/{slug}``.""",
+    )
+    facility = Instance(Facility, help="The facility model; configured with ``c.Facility.*``.")
+
+    @default("facility")
+    def _default_facility(self):
+        return Facility(parent=self)
+
+    @default("home_dir")
+    def _default_home_dir(self):
+        slug = self.facility.names(self.user.name).slug
+        template = self.home_dir_template or os.path.join(self.state_dir, "home", "{slug}")
+        return template.format(username=self.user.name, slug=slug)
+
+    # -- session state --------------------------------------------------------
+
+    def _reset_session(self):
+        self.scheduler_proc: asyncio.subprocess.Process | None = None
+        self.scheduler_pid = 0
+        self.scheduler_port = 0
+        self.session_dir = ""
+        self.route_name = ""
+        self.bundle: CredentialBundle | None = None
+        self.session_env: dict[str, str] = {}
+        self._stopping = False
+
+    def __init__(self, **kwargs):
+        self._reset_session()
+        super().__init__(**kwargs)
+
+    @property
+    def credentials_dir(self) -> str:
+        return os.path.join(self.session_dir, "credentials")
+
+    @property
+    def scheduler_dir(self) -> str:
+        return os.path.join(self.session_dir, "scheduler")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.session_dir:
+            state[STATE_KEY] = {
+                "scheduler_pid": self.scheduler_pid,
+                "scheduler_port": self.scheduler_port,
+                "session_dir": self.session_dir,
+                "route_name": self.route_name,
+                "credentials": [_file_meta(f) for f in (self.bundle.files if self.bundle else ())],
+            }
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        saved = state.get(STATE_KEY)
+        if saved:
+            self.scheduler_pid = int(saved.get("scheduler_pid") or 0)
+            self.scheduler_port = int(saved.get("scheduler_port") or 0)
+            self.session_dir = saved.get("session_dir", "")
+            self.route_name = saved.get("route_name", "")
+            self.bundle = _bundle_from_disk(self.credentials_dir, self.scheduler_dir, saved.get("credentials", []))
+
+    # -- environment ------------------------------------------------------------
+
+    def get_args(self):
+        args = super().get_args()
+        if os.geteuid() == 0:
+            # the notebook runs as the hub's own user by design; Jupyter refuses root unless told
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.session_env)
+        return env
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self):
+        names = self.facility.names(self.user.name)
+        self.session_dir = os.path.join(self.state_dir, "users", names.slug)
+        try:
+            plan = await self._materialise()
+            self.session_env = plan.environment(
+                self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}"
+            )
+            if self.scheduler_connect_host:
+                self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host
+            return await super().start()
+        except BaseException:
+            self.log.warning("Start of %s failed; removing its scheduler, route and credentials", self._log_name)
+            await self._teardown()
+            raise
+
+    async def _materialise(self) -> SessionPlan:
+        access_token = await self._access_token()
+        await asyncio.to_thread(self.facility.load_secrets)
+        bundle = await asyncio.to_thread(self.facility.issue_bundle, self.user.name, access_token=access_token)
+        plan = plan_session(self.facility, self.user.name, bundle, entry_point=self.dask_entry_point)
+        port, dashboard_port = random_port(), random_port()
+        scheduler = dataclasses.replace(plan.scheduler, port=port, dashboard_port=dashboard_port)
+        plan = dataclasses.replace(plan, scheduler=scheduler)
+        self.bundle, self.scheduler_port, self.route_name = bundle, port, plan.route.name
+
+        await asyncio.to_thread(_make_private_dir, self.session_dir)
+        await asyncio.to_thread(self._write_credentials, bundle)
+        await self._start_scheduler(plan)
+        write_route_file(self.routes_dir, plan.route, f"{self.scheduler_host}:{port}")
+        self.log.info("Session of %s: scheduler pid %s on port %s, route %s", self._log_name, self.scheduler_pid, port, plan.route.host)
+        return plan
+
+    def _write_credentials(self, bundle: CredentialBundle) -> None:
+        bundle.for_audience(b.NOTEBOOK).write_to(self.credentials_dir)
+        bundle.for_audience(b.SCHEDULER).write_to(self.scheduler_dir)
+
+    async def _access_token(self) -> str | None:
+        auth_state = await self.user.get_auth_state() if self.user else None
+        return (auth_state or {}).get("access_token")
+
+    async def _start_scheduler(self, plan: SessionPlan) -> None:
+        cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host)
+        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH") if k in os.environ}
+        env["HOME"] = self.session_dir
+        log_path = os.path.join(self.session_dir, "scheduler.log")
+        with open(log_path, "ab") as logfile:
+            self.scheduler_proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                env=env, cwd=self.session_dir, start_new_session=True,
+            )
+        self.scheduler_pid = self.scheduler_proc.pid
+        deadline = time.monotonic() + self.scheduler_start_timeout
+        while not await _accepts("127.0.0.1" if self.scheduler_host in ("", "0.0.0.0") else self.scheduler_host, plan.scheduler.port):
+            if self.scheduler_proc.returncode is not None:
+                raise RuntimeError(f"Dask scheduler exited with status {self.scheduler_proc.returncode}: {_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Dask scheduler did not listen on port {plan.scheduler.port} within {self.scheduler_start_timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+    def _scheduler_alive(self) -> bool:
+        if self.scheduler_proc is not None:
+            return self.scheduler_proc.returncode is None
+        return bool(self.scheduler_pid) and _is_our_process(self.scheduler_pid, self.scheduler_dir)
+
+    async def poll(self):
+        status = await super().poll()
+        if not self.session_dir or self._stopping:
+            return status
+        if status is not None:
+            await self._teardown()
+            return status
+        if not self._scheduler_alive():
+            self.log.warning("Dask scheduler of %s died; stopping the notebook", self._log_name)
+            await self.stop(now=True)
+            return 1
+        await self._renew_credentials()
+        return None
+
+    async def _renew_credentials(self) -> None:
+        if self.bundle is None:
+            return
+        access_token = await self._access_token()
+        renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
+        if renewed is not None:
+            await asyncio.to_thread(self._write_credentials, renewed)
+            self.bundle = renewed
+            self.log.info("Renewed credentials of %s", self._log_name)
+
+    async def stop(self, now=False):
+        self._stopping = True  # LocalProcessSpawner.stop polls: no renewal or recursion from there
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        """Remove the route, stop the scheduler, delete the session directory.  Safe to repeat."""
+        if self.route_name:
+            remove_route_file(self.routes_dir, self.route_name)
+        await self._stop_scheduler()
+        if self.session_dir:
+            await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
+        self._reset_session()  # the session's state goes exactly when its resources have
+
+    async def _stop_scheduler(self) -> None:
+        proc, pid = self.scheduler_proc, self.scheduler_pid
+        if proc is not None:
+            if proc.returncode is None:
+                _killpg(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), self.scheduler_stop_timeout)
+                except asyncio.TimeoutError:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+            else:
+                await proc.wait()
+        elif pid and _is_our_process(pid, self.scheduler_dir):
+            # after a hub restart: not our child any more, so watch the pid go
+            _killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.scheduler_stop_timeout
+            while _pid_exists(pid):
+                if time.monotonic() > deadline:
+                    _killpg(pid, signal.SIGKILL)
+                    deadline = time.monotonic() + self.scheduler_stop_timeout
+                await asyncio.sleep(0.1)
+        self.scheduler_proc, self.scheduler_pid = None, 0
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _make_private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # start_new_session: the scheduler leads its own group
+    except ProcessLookupError:
+        pass
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not reaped by its parent) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _is_our_process(pid: int, scheduler_dir: str) -> bool:
+    """True if ``pid`` is alive and is the scheduler reading ``scheduler_dir`` (not a recycled pid)."""
+    if not _pid_exists(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return any(arg.decode(errors="replace").startswith(scheduler_dir + os.sep) for arg in cmdline)
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _file_meta(cred: CredentialFile) -> dict:
+    return {
+        "path": cred.path,
+        "kind": cred.kind,
+        "audiences": sorted(cred.audiences),
+        "mode": cred.mode,
+        "issued_at": cred.issued_at.isoformat() if cred.issued_at else None,
+        "expires_at": cred.expires_at.isoformat() if cred.expires_at else None,
+    }
+
+
+def _bundle_from_disk(credentials_dir: str, scheduler_dir: str, metas: list[dict]) -> CredentialBundle | None:
+    """The session's bundle after a hub restart: contents from the files, times from the state."""
+    files = []
+    for meta in metas:
+        audiences = frozenset(meta["audiences"])
+        root = credentials_dir if b.NOTEBOOK in audiences else scheduler_dir
+        try:
+            content = Path(root, meta["path"]).read_bytes()
+        except OSError:
+            return None
+        files.append(
+            CredentialFile(
+                meta["path"], content, meta["kind"], audiences, meta["mode"],
+                issued_at=dt.datetime.fromisoformat(meta["issued_at"]) if meta["issued_at"] else None,
+                expires_at=dt.datetime.fromisoformat(meta["expires_at"]) if meta["expires_at"] else None,
+            )
+        )
+    return CredentialBundle(tuple(files)) if files else None

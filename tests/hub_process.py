@@ -1,0 +1,151 @@
+"""A real JupyterHub as a subprocess on 127.0.0.1, driven through its REST API.
+
+Shared by the local-facility tests (tests/test_local_e2e.py) and free for the
+``casa demo`` tests to reuse::
+
+    hub = start_hub(workdir, config_lines=[...])       # already answering /hub/api
+    hub.api("POST", "/users/alice/server")              # admin token of a "tester" service
+    ...
+    hub.stop()                                          # SIGTERM (the hub stops its servers), then SIGKILL
+
+The hub uses ``configurable-http-proxy`` (npm, installed by scripts/install-test-deps),
+which it starts and stops itself.  The config gives a service ``tester`` an API token
+with the ``admin:users``/``admin:servers`` scopes (the latter includes reading spawner
+state).  Everything the hub writes (database, cookie secret, log) stays in ``workdir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG_TAIL_LINES = 60
+
+
+class HubStartError(RuntimeError):
+    """The hub did not come up; the message ends with the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class HubProcess:
+    url: str  #: ``http://127.0.0.1:<port>`` (the proxy's public address)
+    token: str = field(repr=False)
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def api(self, method: str, path: str, body=None, timeout: float = 30.0):
+        """``(status, json-or-None)`` of a REST call under ``/hub/api``."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{self.url}/hub/api{path}", data=data, method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                return err.code, json.loads(raw)
+            except ValueError:
+                return err.code, raw.decode(errors="replace")
+
+    def wait_for_server(self, username: str, ready: bool, timeout: float = 120.0) -> dict:
+        """Poll until the user's default server is (or is no longer) ready; its model (or {})."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, model = self.api("GET", f"/users/{username}")
+            server = (model or {}).get("servers", {}).get("", {}) if status == 200 else {}
+            if bool(server.get("ready")) == ready and (ready or not server):
+                return server
+            if self.process.poll() is not None:
+                raise HubStartError(f"the hub exited ({self.process.returncode}):\n{self._tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{username}'s server ready={ready} not reached in {timeout}s: {server}\n{self._tail()}")
+            time.sleep(0.5)
+
+    def _tail(self) -> str:
+        return "\n".join(self.log_text().splitlines()[-LOG_TAIL_LINES:])
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (the hub stops users' servers and its proxy), then SIGKILL the group.  Idempotent."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the proxy, if the hub left it behind
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0) -> HubProcess:
+    """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    token = secrets.token_hex(32)
+    config = [
+        f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'",
+        f"c.JupyterHub.hub_bind_url = 'http://127.0.0.1:{hub_port}'",
+        f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{proxy_api_port}'",
+        f"c.JupyterHub.db_url = 'sqlite:///{workdir / 'jupyterhub.sqlite'}'",
+        f"c.JupyterHub.cookie_secret_file = '{workdir / 'cookie_secret'}'",
+        f"c.ConfigurableHTTPProxy.pid_file = '{workdir / 'proxy.pid'}'",
+        "c.JupyterHub.services = [{'name': 'tester', 'api_token': %r}]" % token,
+        "c.JupyterHub.load_roles = [{'name': 'tester', 'scopes': ['admin:users', 'admin:servers'], 'services': ['tester']}]",
+        "c.Spawner.http_timeout = 120",
+        "c.Spawner.start_timeout = 120",
+        *config_lines,
+    ]
+    config_path = workdir / "jupyterhub_config.py"
+    config_path.write_text("\n".join(config) + "\n")
+    log_path = workdir / "jupyterhub.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    hub = HubProcess(url=f"http://127.0.0.1:{port}", token=token, process=proc, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise HubStartError(f"the hub exited with status {proc.returncode}:\n{hub._tail()}")
+            try:
+                if hub.api("GET", "/", timeout=2.0)[0] == 200:
+                    return hub
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise HubStartError(f"the hub did not answer within {timeout}s:\n{hub._tail()}")
+            time.sleep(0.3)
+    except BaseException:
+        hub.stop()
+        raise
