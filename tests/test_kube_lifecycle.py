@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlparse
 
+import pytest
 from kubespawner import KubeSpawner
 
-from fake_kube.fixtures import fake_kube, kube  # noqa: F401  (pytest fixtures)
+from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError
+from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
 from fake_kube.spawners import make_spawner
 
 USERS = ("alice", "bob")
+ROUTES = "ingressroutetcps.traefik.io"
+EXTRA = ("secrets", "services", ROUTES)
 
 
 async def test_plain_kubespawner_starts_polls_and_stops_alice_and_bob(kube):
@@ -65,6 +69,105 @@ async def test_owned_service_is_garbage_collected_with_the_pod(kube):
     await asyncio.wait_for(spawner.stop(), 30)  # deletes only the pod
     await _eventually(lambda: kube.names("services") == [], "service collected")
     assert kube.names("pods") == []
+
+
+def casa_objects(kube, slug: str) -> dict[str, list[str]]:
+    """Names of every object of one user's session, by resource."""
+    return {r: [n for n in kube.names(r, "default") if slug in n] for r in ("pods",) + EXTRA}
+
+
+async def test_casa_spawner_starts_polls_and_stops_alice_and_bob(kube, facility):
+    kube.set_garbage_collection(False)  # gone after stop must mean: the spawner deleted them
+    spawners = {u: make_spawner(CasaKubeSpawner, kube.url, u, facility=facility) for u in USERS}
+    await asyncio.wait_for(asyncio.gather(*(s.start() for s in spawners.values())), 60)
+
+    for user, spawner in spawners.items():
+        slug = facility.names(user).slug
+        assert await spawner.poll() is None
+        pod = kube.get("pods", "default", spawner.pod_name)
+        assert pod["status"]["phase"] == "Running"
+        objects = casa_objects(kube, slug)
+        assert len(objects["secrets"]) == 2 and len(objects["services"]) == 1 and len(objects[ROUTES]) == 1, objects
+
+        (route,) = [kube.get(ROUTES, "default", n) for n in objects[ROUTES]]
+        assert route["apiVersion"] == "traefik.io/v1alpha1" and route["kind"] == "IngressRouteTCP"
+        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{slug}.dask.coffea.test`)"
+        assert route["spec"]["tls"] == {"passthrough": True}
+        assert route["spec"]["entryPoints"] == ["dask"]
+        (service,) = [kube.get("services", "default", n) for n in objects["services"]]
+        assert route["spec"]["routes"][0]["services"][0]["name"] == service["metadata"]["name"]
+        assert {p["port"] for p in service["spec"]["ports"]} == {8786, 8787}
+        # the Service selects this user's pod and no other
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+        # every extra object is owned by the pod, so Kubernetes collects it with the pod
+        for resource in EXTRA:
+            for name in objects[resource]:
+                refs = kube.get(resource, "default", name)["metadata"]["ownerReferences"]
+                assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("Pod", pod["metadata"]["name"], pod["metadata"]["uid"])]
+        # the pod mounts exactly this user's Secrets
+        mounted = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+        assert mounted == set(objects["secrets"])
+        assert {c["name"] for c in pod["spec"]["containers"]} >= {"notebook", "dask-scheduler"}
+
+    await asyncio.wait_for(spawners["alice"].stop(), 30)
+    assert await spawners["alice"].poll() == 1
+    assert casa_objects(kube, facility.names("alice").slug) == {r: [] for r in ("pods",) + EXTRA}
+    assert await spawners["bob"].poll() is None
+    assert all(casa_objects(kube, facility.names("bob").slug).values())
+
+    await asyncio.wait_for(spawners["bob"].stop(), 30)
+    assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
+
+
+async def test_casa_restart_replaces_leftovers_of_a_crashed_hub(kube, facility):
+    """Objects of an earlier session (same names, owner long gone) are taken over, not a 409 failure."""
+    kube.set_garbage_collection(False)
+    first = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(first.start(), 60)
+    old = {r: {o["metadata"]["name"]: o for o in kube.objects(r)} for r in EXTRA}
+    # the hub crashed: the pod is gone, the extra objects stayed
+    await asyncio.wait_for(KubeSpawner.stop(first, now=True), 30)
+    assert all(kube.names(r) for r in EXTRA)
+
+    second = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(second.start(), 60)
+    pod = kube.get("pods", "default", second.pod_name)
+    for resource in EXTRA:
+        for obj in kube.objects(resource):
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"], (resource, obj["metadata"]["name"])
+    (secret_name,) = [n for n in old["secrets"] if n.startswith("casa-creds-")]
+    assert kube.get("secrets", "default", secret_name)["data"] != old["secrets"][secret_name]["data"]
+
+    await asyncio.wait_for(second.stop(), 30)
+    assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
+
+
+async def test_casa_stop_with_failing_deletes_says_what_is_left_and_gc_collects_it(kube, facility):
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, k8s_api_request_retry_timeout=2)
+    await asyncio.wait_for(spawner.start(), 60)
+    kube.inject(method="DELETE", path=r"/(secrets|services|ingressroutetcps)/", status=500)
+    with pytest.raises(SessionCleanupError) as err:
+        await asyncio.wait_for(spawner.stop(), 60)
+    slug = facility.names("alice").slug
+    for name in (f"Secret casa-creds-{slug}", f"Secret casa-scheduler-{slug}", f"Service casa-dask-{slug}", f"IngressRouteTCP casa-dask-{slug}"):
+        assert name in str(err.value)  # each delete was tried on its own
+    # the pod is gone, and with it (ownerReferences) everything else
+    await _eventually(lambda: not any(kube.names(r) for r in ("pods",) + EXTRA), "garbage collection")
+
+
+async def test_casa_route_group_is_configurable(kube, facility):
+    spawner = make_spawner(
+        CasaKubeSpawner, kube.url, "alice", facility=facility,
+        ingress_route_group="traefik.containo.us", ingress_route_entry_points=["dask-tls"],
+    )
+    await asyncio.wait_for(spawner.start(), 60)
+    assert kube.names(ROUTES) == []
+    (route,) = kube.objects("ingressroutetcps.traefik.containo.us", "default")
+    assert route["apiVersion"] == "traefik.containo.us/v1alpha1"
+    assert route["spec"]["entryPoints"] == ["dask-tls"]
+    await asyncio.wait_for(spawner.stop(), 30)
+    assert kube.names("ingressroutetcps.traefik.containo.us") == []
 
 
 async def _eventually(predicate, what: str, timeout: float = 10):

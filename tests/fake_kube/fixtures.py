@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+
 import pytest
 
 from .server import FakeKube
-from .spawners import reset_kubespawner
+from .spawners import make_facility, reset_kubespawner
 
 
 @pytest.fixture
@@ -25,3 +28,20 @@ async def kube(fake_kube):
         yield fake_kube
     finally:
         await reset_kubespawner()
+
+
+@dataclass(frozen=True)
+class MasterSecrets:
+    signing_key: bytes
+    macaroon_secret: bytes
+
+
+@pytest.fixture
+def master_secrets() -> MasterSecrets:
+    return MasterSecrets(secrets.token_bytes(64), secrets.token_bytes(32))
+
+
+@pytest.fixture
+def facility(tmp_path, master_secrets):
+    """A Facility with fresh master secrets the test knows (HTCondor pool key, macaroon secret)."""
+    return make_facility(tmp_path, master_secrets.signing_key, master_secrets.macaroon_secret)

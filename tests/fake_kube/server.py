@@ -125,6 +125,10 @@ class FakeKubeApp:
         pod = self.store.objects.get(("pods", namespace, name))
         if pod is None or pod["metadata"]["uid"] != uid or pod["metadata"].get("deletionTimestamp"):
             return
+        if self._missing_secrets(namespace, pod):
+            # like the kubelet: ContainerCreating until every mounted Secret exists
+            self._later(self.pod_start_delay, self._pod_running, namespace, name, uid)
+            return
         self._ip_counter += 1
         pod = copy.deepcopy(pod)
         containers = pod.get("spec", {}).get("containers", [])
@@ -149,6 +153,14 @@ class FakeKubeApp:
             ],
         }
         self.store.replace("pods", namespace, name, pod, check_version=False)
+
+    def _missing_secrets(self, namespace: str, pod: dict) -> list[str]:
+        wanted = [
+            v["secret"]["secretName"]
+            for v in pod.get("spec", {}).get("volumes") or []
+            if v.get("secret") and not v["secret"].get("optional")
+        ]
+        return [n for n in wanted if ("secrets", namespace, n) not in self.store.objects]
 
     def _pod_gone(self, namespace: str, name: str, uid: str) -> None:
         pod = self.store.objects.get(("pods", namespace, name))

@@ -74,3 +74,24 @@ async def reset_kubespawner() -> None:
             kube_clients._client_cache.pop(key, None)
             await client.api_client.close()
     kube_clients.load_config.cache_clear()
+
+
+def write_secret_file(path, data: bytes) -> str:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return str(path)
+
+
+def make_facility(directory, signing_key: bytes, macaroon_secret: bytes, **traits):
+    """A Facility whose master secrets the test knows, so it can scan for them."""
+    import base64
+
+    from casa_hub.facility import Facility
+
+    return Facility(
+        domain=traits.pop("domain", "coffea.test"),
+        signing_key_file=write_secret_file(directory / "POOL", signing_key),
+        macaroon_secret_file=write_secret_file(directory / "macaroon-secret", base64.b64encode(macaroon_secret) + b"\n"),
+        xcache_site="T2_US_Test",
+        **traits,
+    )
