@@ -16,8 +16,10 @@ state).  Everything the hub writes (database, cookie secret, log) stays in ``wor
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,33 @@ class HubProcess:
             except ValueError:
                 return err.code, raw.decode(errors="replace")
 
+    def login(self, username: str, password: str) -> bool:
+        """Log in through the hub's login form, as a browser would; True if the hub let the user in.
+
+        The redirect after a successful login is not followed (it would start the server).
+        """
+        jar = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+        with opener.open(f"{self.url}/hub/login", timeout=30) as resp:
+            page = resp.read().decode()
+        match = re.search(r'name="_xsrf"\s+value="([^"]+)"', page)
+        form = {"username": username, "password": password}
+        if match:
+            form["_xsrf"] = match.group(1)
+        req = urllib.request.Request(f"{self.url}/hub/login", data=urllib.parse.urlencode(form).encode(), method="POST")
+        try:
+            with opener.open(req, timeout=30) as resp:
+                return False  # 200: the form again, with an error
+        except urllib.error.HTTPError as err:
+            if err.code != 302:
+                return False
+        return any(c.name == "jupyterhub-hub-login" for c in jar)
+
     def wait_for_server(self, username: str, ready: bool, timeout: float = 120.0) -> dict:
         """Poll until the user's default server is (or is no longer) ready; its model (or {})."""
         deadline = time.monotonic() + timeout
@@ -105,8 +135,11 @@ class HubProcess:
         self.process.wait()
 
 
-def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0) -> HubProcess:
-    """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub."""
+def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0, env: dict | None = None) -> HubProcess:
+    """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub.
+
+    ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh key (auth_state needs one) unless ``env`` gives one.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
@@ -131,6 +164,7 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), **(env or {})},
         )
     hub = HubProcess(url=f"http://127.0.0.1:{port}", token=token, process=proc, log_path=log_path)
     deadline = time.monotonic() + timeout

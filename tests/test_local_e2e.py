@@ -75,8 +75,8 @@ def xrootd(tmp_path, macaroon_secret):
 def hub(tmp_path, traefik, xrootd, macaroon_secret):
     state_dir = tmp_path / "state"
     hub = start_hub(tmp_path / "hub", [
-        "c.JupyterHub.authenticator_class = 'dummy'",
-        "c.Authenticator.allowed_users = {'alice', 'bob'}",
+        "c.JupyterHub.authenticator_class = 'casa-dummy'",
+        "c.CasaDummyAuthenticator.users = {'alice': {'admin': True, 'password': 'alice-pw'}, 'bob': {'password': 'bob-pw'}}",
         "c.JupyterHub.spawner_class = 'casa-local'",
         f"c.CasaLocalSpawner.state_dir = {str(state_dir)!r}",
         f"c.CasaLocalSpawner.routes_dir = {str(traefik.routes_dir)!r}",
@@ -98,9 +98,9 @@ def hub(tmp_path, traefik, xrootd, macaroon_secret):
 
 
 def spawn(hub, username: str) -> dict:
-    """Create the user, start the server, wait until ready; the server's spawner state."""
-    status, _ = hub.api("POST", "/users", {"usernames": [username]})
-    assert status in (201, 409)
+    """Log in, start the server through the REST API, wait until ready; the server's spawner state."""
+    assert not hub.login(username, "wrong")
+    assert hub.login(username, f"{username}-pw")
     status, body = hub.api("POST", f"/users/{username}/server")
     assert status in (201, 202), f"{body}\n{hub.log_text()[-4000:]}"
     hub.wait_for_server(username, ready=True)
