@@ -145,7 +145,7 @@ class CasaDummyAuthenticator(CasaLoginPage, Authenticator):
             return username in self.users
         if set(auth_model.get("groups") or []) & (self.allowed_groups | self.admin_groups):
             return True
-        raise self.refusal(username, auth_model.get("groups") or [], self.allowed_groups | self.admin_groups)
+        raise self.refusal(username, auth_model.get("groups") or [], self.allowed_groups or self.admin_groups)
 
     async def refresh_user(self, user, handler=None, **kwargs):
         """Config is the truth: a user removed from ``users`` or from the groups must log in again."""

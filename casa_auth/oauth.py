@@ -352,7 +352,7 @@ class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
             return True
         if await super().check_allowed(username, auth_model):
             return True
-        raise self.refusal(username, auth_model.get("groups") or [], self.allowed_groups | self.admin_groups)
+        raise self.refusal(username, auth_model.get("groups") or [], self.allowed_groups or self.admin_groups)
 
     # -- refresh ------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ async def test_claim_shapes_decide_access_and_admin(make_authenticator, idp, use
         with pytest.raises(LoginRefused) as refused:
             await login(authenticator, idp, {**ALICE, **userinfo_extra}, id_token_claims)
         assert refused.value.status_code == 403
-        assert refused.value.casa_refusal["required"] == ["cms", "cms/admins"]
+        assert refused.value.casa_refusal["required"] == ["cms"]
         assert "cms" in refused.value.jupyterhub_message
         assert 'href="https://idp.example.org/register"' in refused.value.jupyterhub_html_message
 
@@ -306,3 +306,35 @@ def test_refusal_is_an_http_403():
     refused = CasaOAuthenticator(signup_url="https://x/apply", signup_text="Join CMS").refusal("bob", ["atlas"], {"cms"})
     assert isinstance(refused, web.HTTPError) and refused.status_code == 403
     assert refused.jupyterhub_message == "You signed in as bob, but this facility is open only to members of cms. Join CMS: https://x/apply"
+
+
+@pytest.mark.parametrize(
+    "template, exception, shows",
+    [
+        ("403.html", LoginRefused("bob", ["atlas"], ["cms"], "https://x/apply", "Join"), ['<code class="casa-required-group">cms</code>', 'href="https://x/apply"']),
+        ("403.html", LoginProblem(403, "Sign-in failed: no 'email' claim"), ["Sign-in failed: no &#39;email&#39; claim"]),
+        ("502.html", LoginProblem(502, "Sign-in failed: HTTP 503"), ['<p id="casa-problem">Sign-in failed: HTTP 503</p>']),
+        ("403.html", web.HTTPError(403, "plain"), ["plain"]),
+    ],
+)
+def test_packaged_error_pages_render_with_jupyterhubs_templates(template, exception, shows):
+    import jinja2
+    from jupyterhub.app import JupyterHub
+
+    from casa_auth import TEMPLATE_DIR
+
+    stock = JupyterHub().template_paths[0]
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader([
+            jinja2.PrefixLoader({"templates": jinja2.FileSystemLoader([stock])}, "/"),
+            jinja2.FileSystemLoader([TEMPLATE_DIR, stock]),
+        ]),
+        autoescape=True,
+    )
+    html = env.get_template(template).render(
+        static_url=lambda *a, **k: "/static", base_url="/hub/", prefix="/", user=None, services=[],
+        exception=exception, status_code=exception.status_code, status_message="x", message=exception.log_message,
+        message_html=getattr(exception, "jupyterhub_html_message", ""), parsed_scopes=set(), expanded_scopes=set(),
+    )
+    for text in shows:
+        assert text in html

@@ -61,8 +61,8 @@ const provider = new Provider(config.issuer, {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'preferred_username'],
-    groups: ['groups'],
+    // INDIGO IAM releases `groups` with the profile scope
+    profile: ['name', 'preferred_username', 'groups'],
     'wlcg.groups': ['wlcg.groups'],
     'org.cilogon.userinfo': ['isMemberOf'],
   },
