@@ -53,7 +53,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import get_k8s_model
 from kubernetes_asyncio.client.models import V1Container, V1Volume, V1VolumeMount
-from traitlets import Dict, Float, Instance, List, Unicode, default, validate
+from traitlets import Callable, Dict, Float, Instance, List, Unicode, default, validate
 
 from casa_hub import bundle as b
 from casa_hub.bundle import CredentialBundle, CredentialFile
@@ -159,6 +159,15 @@ class CasaKubeSpawner(KubeSpawner):
         if not 0 < proposal["value"] <= 300:
             raise ValueError("CasaKubeSpawner.credsync_interval must be within (0, 300] seconds")
         return proposal["value"]
+
+    after_pod_created_hook = Callable(
+        config=True,
+        help="""Callable ``hook(spawner, pod)`` (may be async) run once the pod exists.
+
+        CasaKubeSpawner creates the session's Secrets, Service and IngressRouteTCP in this
+        slot; a hook set here runs after them. Example:
+        ``c.CasaKubeSpawner.after_pod_created_hook = my_hook``""",
+    )
 
     # KubeSpawner's documented slot after the pod exists; an operator's own hook still runs, after ours.
     @default("after_pod_created_hook")
@@ -274,9 +283,18 @@ class CasaKubeSpawner(KubeSpawner):
 
     # -- API calls ------------------------------------------------------------
 
+    _custom_api = None
+
     @property
     def custom_api(self):
-        return shared_client("CustomObjectsApi")
+        """CustomObjectsApi for the IngressRouteTCP (shared per event loop, like KubeSpawner's ``api``)."""
+        if self._custom_api is None:
+            self._custom_api = shared_client("CustomObjectsApi")
+        return self._custom_api
+
+    @custom_api.setter
+    def custom_api(self, client):
+        self._custom_api = client
 
     def _route_args(self) -> dict:
         return dict(

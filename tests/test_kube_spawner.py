@@ -1,0 +1,271 @@
+"""CasaKubeSpawner's own API calls with mocked Kubernetes clients: idempotence, retries,
+stop with failures, renewal, state."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+from types import SimpleNamespace
+
+import pytest
+from kubernetes_asyncio.client.rest import ApiException
+from traitlets import TraitError
+from traitlets.config import Config
+
+from casa_hub import bundle as b
+from casa_spawner import kube_objects as ko
+from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError, SessionObjectError
+from casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
+from fake_kube.spawners import make_spawner, reset_kubespawner
+
+POD = {"metadata": {"name": "jupyter-alice", "uid": "0b5e7f4c-1111-4222-8333-444455556666"}}
+
+
+def api_error(status: int) -> ApiException:
+    return ApiException(status=status, reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 500: "Internal Server Error"}.get(status, "Error"))
+
+
+class RecordingApi:
+    """Stands in for CoreV1Api / CustomObjectsApi: records calls, answers from a script of faults.
+
+    ``faults[method]`` is a list consumed one per call: an exception to raise,
+    ``"hang"`` to outlast the request timeout, or None to succeed.
+    """
+
+    def __init__(self, **faults):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.faults = {k: list(v) for k, v in faults.items()}
+
+    def __getattr__(self, method):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def call(*args, **kwargs):
+            self.calls.append((method, args, kwargs))
+            script = self.faults.get(method)
+            fault = script.pop(0) if script else None
+            if fault == "hang":
+                await asyncio.sleep(30)
+            elif fault is not None:
+                raise fault
+            return {}
+
+        return call
+
+    def methods(self) -> list[str]:
+        return [m for m, _, _ in self.calls]
+
+
+@pytest.fixture
+async def make(tmp_path):
+    async def factory(username="alice", facility=None, core=None, custom=None, **traits):
+        traits.setdefault("k8s_api_request_timeout", 1)
+        traits.setdefault("k8s_api_request_retry_timeout", 8)
+        sp = make_spawner(CasaKubeSpawner, "http://127.0.0.1:9", username, facility=facility or make_facility(tmp_path), **traits)
+        sp.api = core or RecordingApi()
+        sp.custom_api = custom or RecordingApi()
+        return sp
+
+    try:
+        yield factory
+    finally:
+        await reset_kubespawner()
+
+
+async def planned(sp):
+    sp._plan = await sp.plan_new_session()
+    sp._bundle = sp._plan.bundle
+    return sp
+
+
+async def test_creates_secrets_service_and_route_owned_by_the_pod(make):
+    sp = await planned(await make())
+    await sp.create_session_objects(POD)
+    assert sp.api.methods() == ["create_namespaced_secret", "create_namespaced_secret", "create_namespaced_service"]
+    assert sp.custom_api.methods() == ["create_namespaced_custom_object"]
+    (_, _, route_kwargs), = sp.custom_api.calls
+    assert route_kwargs["group"] == "traefik.io" and route_kwargs["version"] == "v1alpha1"
+    assert route_kwargs["plural"] == "ingressroutetcps" and route_kwargs["namespace"] == "default"
+    bodies = [args[1] for _, args, _ in sp.api.calls] + [route_kwargs["body"]]
+    for body in bodies:
+        assert body["metadata"]["ownerReferences"][0]["uid"] == POD["metadata"]["uid"]
+        assert_no_master_secret(body)
+    assert [b_["metadata"]["name"] for b_ in bodies] == ["casa-creds-alice", "casa-scheduler-alice", "casa-dask-alice", "casa-dask-alice"]
+
+
+async def test_existing_objects_are_replaced_not_a_409_failure(make):
+    core = RecordingApi(
+        create_namespaced_secret=[api_error(409), api_error(409)],
+        create_namespaced_service=[api_error(409)],
+    )
+    custom = RecordingApi(create_namespaced_custom_object=[api_error(409)])
+    sp = await planned(await make(core=core, custom=custom))
+    await sp.create_session_objects(POD)
+    assert core.methods() == [
+        "create_namespaced_secret", "replace_namespaced_secret",
+        "create_namespaced_secret", "replace_namespaced_secret",
+        "create_namespaced_service", "patch_namespaced_service",
+    ]
+    assert custom.methods() == ["create_namespaced_custom_object", "patch_namespaced_custom_object"]
+    # the replacement carries the new pod as owner, with a merge patch where PUT is not possible
+    _, args, kwargs = core.calls[5]
+    assert args[0] == "casa-dask-alice" and kwargs["_content_type"] == "application/merge-patch+json"
+    assert args[2]["metadata"]["ownerReferences"][0]["uid"] == POD["metadata"]["uid"]
+    _, args, _ = core.calls[1]
+    assert args[0] == "casa-creds-alice" and set(args[2]["data"]) >= {"dask__client.pem", "condor__tokens.d__casa"}
+    assert custom.calls[1][2]["_content_type"] == "application/merge-patch+json"
+
+
+async def test_server_errors_and_timeouts_are_retried(make):
+    core = RecordingApi(create_namespaced_secret=[api_error(500), "hang", None, api_error(503)])
+    sp = await planned(await make(core=core))
+    await sp.create_session_objects(POD)
+    assert core.methods().count("create_namespaced_secret") == 5
+    assert core.methods()[-1] == "create_namespaced_service"
+
+
+async def test_a_refusal_fails_at_once_with_a_clear_message(make):
+    core = RecordingApi(create_namespaced_service=[api_error(403)])
+    sp = await planned(await make(core=core))
+    with pytest.raises(SessionObjectError, match=r"Kubernetes refused Service casa-dask-alice: 403 Forbidden"):
+        await sp.create_session_objects(POD)
+    assert core.methods().count("create_namespaced_service") == 1
+    assert sp.custom_api.calls == []
+
+
+async def test_retries_are_bounded(make):
+    core = RecordingApi(create_namespaced_secret=[api_error(500)] * 1000)
+    sp = await planned(await make(core=core, k8s_api_request_retry_timeout=2))
+    with pytest.raises(TimeoutError, match="Could not create Secret casa-creds-alice"):
+        await asyncio.wait_for(sp.create_session_objects(POD), 30)
+
+
+async def test_stop_deletes_every_object_even_when_the_first_delete_fails(make):
+    custom = RecordingApi(delete_namespaced_custom_object=[api_error(403)])
+    core = RecordingApi(delete_namespaced_service=[api_error(404)], delete_namespaced_secret=[api_error(500), None, None])
+    sp = await make(core=core, custom=custom)
+    with pytest.raises(SessionCleanupError) as err:
+        await sp.delete_session_objects()
+    assert "IngressRouteTCP casa-dask-alice" in str(err.value) and "403" in str(err.value)
+    assert "Secret" not in str(err.value)  # the 500 was retried and succeeded
+    deleted = [args[0] for m, args, _ in core.calls if m.startswith("delete")]
+    assert deleted == ["casa-dask-alice", "casa-creds-alice", "casa-creds-alice", "casa-scheduler-alice"]
+
+
+async def test_stop_with_nothing_left_is_quiet(make):
+    core = RecordingApi(delete_namespaced_service=[api_error(404)], delete_namespaced_secret=[api_error(404)] * 2)
+    custom = RecordingApi(delete_namespaced_custom_object=[api_error(404)])
+    sp = await make(core=core, custom=custom)
+    await sp.delete_session_objects()
+    assert len(core.calls) == 3 and len(custom.calls) == 1
+
+
+async def test_every_delete_failing_reports_all_of_them(make):
+    core = RecordingApi(delete_namespaced_service=[api_error(403)], delete_namespaced_secret=[api_error(403)] * 2)
+    custom = RecordingApi(delete_namespaced_custom_object=["hang"] * 100)
+    sp = await make(core=core, custom=custom, k8s_api_request_timeout=1, k8s_api_request_retry_timeout=2)
+    with pytest.raises(SessionCleanupError) as err:
+        await asyncio.wait_for(sp.delete_session_objects(), 30)
+    for name in ["IngressRouteTCP casa-dask-alice", "Service casa-dask-alice", "Secret casa-creds-alice", "Secret casa-scheduler-alice"]:
+        assert name in str(err.value)
+
+
+async def test_renewal_patches_only_the_reissued_tokens(make):
+    sp = await planned(await make())
+    before = sp._bundle
+    assert await sp.renew_credentials() == []  # nothing is due yet
+    assert sp.api.calls == []
+
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=10)  # past 2/3 of the 12 h macaroon
+    renewed = await sp.renew_credentials(now=later)
+    assert renewed == [b.BEARER_TOKEN_PATH]
+    (method, args, _), = sp.api.calls
+    assert method == "patch_namespaced_secret" and args[:2] == ("casa-creds-alice", "default")
+    data = args[2]["data"]
+    assert list(data) == ["bearer_token"]
+    assert base64.b64decode(data["bearer_token"]) == sp._bundle.get(b.BEARER_TOKEN_PATH).content
+    assert sp._bundle.get(b.BEARER_TOKEN_PATH).content != before.get(b.BEARER_TOKEN_PATH).content
+    assert sp._bundle.get(b.CONDOR_TOKEN_PATH) is before.get(b.CONDOR_TOKEN_PATH)
+    assert_no_master_secret(args[2])
+
+
+async def test_failed_renewal_keeps_the_current_bundle_and_poll_survives(make):
+    core = RecordingApi(patch_namespaced_secret=[api_error(403)])
+    sp = await planned(await make(core=core))
+    before = sp._bundle
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=10)
+    with pytest.raises(SessionObjectError, match="renewal of Secret casa-creds-alice: 403"):
+        await sp.renew_credentials(now=later)
+    assert sp._bundle is before
+
+
+async def test_access_token_from_auth_state_becomes_the_bearer_token(tmp_path, make):
+    cfg = facility_config(tmp_path)
+    cfg.Facility.macaroon_secret_file = ""
+    from casa_hub.facility import Facility
+
+    sp = await make(facility=Facility(config=cfg))
+    await sp.run_auth_state_hook({"access_token": "idp-token-1", "refresh_token": "r"})
+    await planned(sp)
+    assert sp._bundle.get(b.BEARER_TOKEN_PATH).content == b"idp-token-1\n"
+
+    sp.user.auth_state = {"access_token": "idp-token-2"}  # refreshed by the authenticator
+    assert await sp.renew_credentials() == [b.BEARER_TOKEN_PATH]
+    assert base64.b64decode(sp.api.calls[-1][1][2]["data"]["bearer_token"]) == b"idp-token-2\n"
+
+
+async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart(make, tmp_path):
+    facility = make_facility(tmp_path)
+    sp = await planned(await make(facility=facility))
+    state = sp.get_state()
+    text = json.dumps(state)
+    for f in sp._bundle.files:
+        assert f.content.decode().strip()[:40] not in text
+    assert {s["path"] for s in state["casa_renewable"]} == {b.CONDOR_TOKEN_PATH, b.BEARER_TOKEN_PATH}
+
+    restarted = await make(facility=facility)
+    restarted.load_state(state)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)
+    renewed = await restarted.renew_credentials(now=later)
+    assert sorted(renewed) == [b.BEARER_TOKEN_PATH, b.CONDOR_TOKEN_PATH]
+    data = restarted.api.calls[-1][1][2]["data"]
+    assert all(base64.b64decode(v).strip() for v in data.values())  # real tokens, never the placeholders
+
+
+async def test_named_servers_are_refused_clearly(make):
+    sp = await make()
+    sp.orm_spawner = SimpleNamespace(name="gpu", display_name="gpu", server=None)  # what the hub's ORM row gives
+    with pytest.raises(SessionObjectError, match="default server only"):
+        await sp.start()
+
+
+async def test_an_operators_after_pod_created_hook_runs_after_ours(make):
+    seen = []
+
+    async def operator_hook(spawner, pod):
+        seen.append(len(spawner.custom_api.calls))
+
+    sp = await planned(await make(after_pod_created_hook=operator_hook))
+    await sp.after_pod_created_hook(sp, POD)
+    assert seen == [1]  # the route existed when the operator's hook ran
+    with pytest.raises(TraitError):
+        sp.after_pod_created_hook = None  # the session's objects cannot be switched off by accident
+
+
+async def test_traits_come_from_config(make):
+    cfg = Config()
+    cfg.CasaKubeSpawner.ingress_route_group = "traefik.containo.us"
+    cfg.CasaKubeSpawner.ingress_route_entry_points = ["dask", "dask2"]
+    cfg.CasaKubeSpawner.credsync_image = "example.org/casa-hub:1"
+    sp = await make(config=cfg)
+    opts = sp.session_options()
+    assert opts.route_api_version == "traefik.containo.us/v1alpha1"
+    assert opts.route_entry_points == ("dask", "dask2")
+    assert opts.credsync_image == "example.org/casa-hub:1"
+    assert opts.scheduler_image == sp.image  # empty: the notebook image
+
+    cfg.CasaKubeSpawner.credsync_interval = 0
+    with pytest.raises(ValueError, match="credsync_interval must be within"):
+        await make(config=cfg)
