@@ -182,3 +182,32 @@ def jupyterhub(workdir: Path, port: int, authenticator: str, extra_config: str, 
         yield Hub(f"http://127.0.0.1:{port}", api_token, workdir)
     finally:
         _stop(proc, timeout=15)
+
+
+def provider_sign_in(session, start_url: str, username: str, password: str, stop_prefix: str, max_hops: int = 20):
+    """Follow redirects from ``start_url`` with a ``requests.Session``, filling the provider's login form
+    when it appears, until a redirect to ``stop_prefix``; returns that URL (not fetched).
+
+    An HTTP client stands in for the browser here (bench and in-process refresh test): same
+    provider, same login form, same redirects.
+    """
+    import re
+    from urllib.parse import urljoin
+
+    url, method, data = start_url, "GET", None
+    for _ in range(max_hops):
+        response = session.request(method, url, data=data, allow_redirects=False, timeout=30)
+        if response.status_code in (301, 302, 303, 307):
+            url = urljoin(url, response.headers["Location"])
+            method, data = "GET", None
+            if url.startswith(stop_prefix):
+                return url
+            continue
+        if response.status_code == 200 and 'id="idp-username"' in response.text:
+            if data is not None:
+                raise RuntimeError(f"the provider refused the password of {username}")
+            action = re.search(r'<form method="post" action="([^"]+)"', response.text).group(1)
+            url, method, data = urljoin(url, action), "POST", {"username": username, "password": password}
+            continue
+        raise RuntimeError(f"unexpected answer {response.status_code} from {url}: {response.text[:300]}")
+    raise RuntimeError(f"no redirect to {stop_prefix} after {max_hops} hops")
