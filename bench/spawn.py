@@ -1,0 +1,158 @@
+"""N concurrent spawns with CasaKubeSpawner and with plain KubeSpawner against the same fake API.
+
+The fake Kubernetes API (tests/fake_kube) runs as its own process with the same
+per-request latency for both; the spawners run on this process's event loop, as
+in the hub.  Printed per flavour: wall time of N concurrent starts and of N
+concurrent stops, API requests per spawn, and the event loop's worst stall (a
+ticker that wakes every 5 ms records how late it woke) — the figure that says
+whether a spawner blocks the hub for everyone.  Then the ratio Casa / plain.
+
+    python3 bench/spawn.py [--users 50] [--latency 0.005] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+os.environ["KUBECONFIG"] = str(TESTS / "fake_kube" / "kubeconfig.yaml")  # before kubernetes_asyncio is imported
+sys.path.insert(0, str(TESTS))
+
+from kubespawner import KubeSpawner  # noqa: E402
+
+from casa_spawner.kube import CasaKubeSpawner  # noqa: E402
+from fake_kube.spawners import make_facility, make_spawner, reset_kubespawner  # noqa: E402
+
+
+class StallMeter:
+    """A task that sleeps ``period`` and records how much later than asked it woke up."""
+
+    def __init__(self, period: float = 0.005):
+        self.period = period
+        self.worst = 0.0
+        self.lates: list[float] = []
+        self._task = None
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.period)
+            late = loop.time() - before - self.period
+            self.lates.append(late)
+            self.worst = max(self.worst, late)
+
+    def __enter__(self):
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc):
+        self._task.cancel()
+
+
+def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fake_kube", "--latency", str(latency), "--max-seconds", "900"],
+        cwd=TESTS, stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"the fake API did not start: {line!r}")
+    return proc, line.split()[-1]
+
+
+def request_count(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=10) as r:
+        return json.load(r)["requests"]
+
+
+async def one_run(cls, url: str, users: int, traits: dict) -> dict:
+    spawners = [make_spawner(cls, url, f"user{i:03d}", start_timeout=120, k8s_api_request_retry_timeout=60, **traits)
+                for i in range(users)]
+    try:
+        before = request_count(url)
+        with StallMeter() as start_meter:
+            t0 = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(s.start() for s in spawners)), 300)
+            start_wall = time.perf_counter() - t0
+        after_start = request_count(url)
+        with StallMeter() as stop_meter:
+            t0 = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(s.stop(now=True) for s in spawners)), 300)
+            stop_wall = time.perf_counter() - t0
+        after_stop = request_count(url)
+    finally:
+        await reset_kubespawner()
+    lates = start_meter.lates + stop_meter.lates
+    return {
+        "start_wall": start_wall,
+        "stop_wall": stop_wall,
+        "start_requests": (after_start - before) / users,
+        "stop_requests": (after_stop - after_start) / users,
+        "start_stall": start_meter.worst,
+        "stop_stall": stop_meter.worst,
+        "p99_stall": statistics.quantiles(lates, n=100)[98] if len(lates) >= 100 else max(lates, default=0.0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--latency", type=float, default=0.005, help="seconds the fake API adds to every request")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per flavour (alternating); the best wall time counts")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        facility = make_facility(Path(tmp), secrets.token_bytes(64), secrets.token_bytes(32))
+        flavours = {
+            "KubeSpawner": (KubeSpawner, {}),
+            "CasaKubeSpawner": (CasaKubeSpawner, {"facility": facility}),
+        }
+        proc, url = start_fake(args.latency)
+        try:
+            results: dict[str, list[dict]] = {name: [] for name in flavours}
+            for _ in range(args.rounds):
+                for name, (cls, traits) in flavours.items():
+                    results[name].append(asyncio.run(one_run(cls, url, args.users, traits)))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print(f"{args.users} concurrent spawns, fake API latency {args.latency * 1000:.1f} ms/request, best of {args.rounds}")
+    print("stall = how late a 5 ms ticker on the spawners' event loop woke up (worst over all runs)")
+    print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} {'stall start':>12} {'stall stop':>11} {'p99 stall':>10}")
+    best = {}
+    for name, runs in results.items():
+        b = min(runs, key=lambda r: r["start_wall"])
+        best[name] = b
+        start_stall = max(r["start_stall"] for r in runs)
+        stop_stall = max(r["stop_stall"] for r in runs)
+        p99 = max(r["p99_stall"] for r in runs)
+        print(
+            f"{name:16} {b['start_wall']:10.2f}s {b['stop_wall']:9.2f}s {b['start_requests']:10.1f} "
+            f"{b['stop_requests']:9.1f} {start_stall * 1000:10.1f}ms {stop_stall * 1000:9.1f}ms {p99 * 1000:8.1f}ms"
+        )
+    casa, plain = best["CasaKubeSpawner"], best["KubeSpawner"]
+    print(f"ratio Casa/plain: start wall {casa['start_wall'] / plain['start_wall']:.2f}x, "
+          f"stop wall {casa['stop_wall'] / plain['stop_wall']:.2f}x, "
+          f"API requests per spawn (start+stop) {(casa['start_requests'] + casa['stop_requests']) / (plain['start_requests'] + plain['stop_requests']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
