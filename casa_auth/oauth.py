@@ -338,7 +338,8 @@ class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
         except web.HTTPError as e:
             if e.status_code < 500:
                 raise
-            self.log.error("Login failed: %s", e.log_message)
+            # not e.log_message: oauthenticator puts the whole token response (tokens included) there
+            self.log.error("Login failed: oauthenticator could not use the IdP's answer (HTTP %s)", e.status_code)
             raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
         except HTTPClientError as e:
             raise LoginProblem(502, f"Sign-in failed: the identity provider answered HTTP {e.code}. Please try again later.") from None

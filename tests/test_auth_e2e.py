@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from auth_servers import hub_ports, jupyterhub, oauth_config, oidc_provider
+from auth_servers import CLIENT_SECRET, hub_ports, jupyterhub, oauth_config, oidc_provider
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +137,41 @@ def test_malformed_idp_answer_is_a_clear_page_not_a_500(hub, page):
     text = page.locator("#casa-problem").inner_text()
     assert text.startswith("Sign-in failed") and "'groups'" in text
     assert "500 GET /hub/oauth_callback" not in hub.log()
+    assert CLIENT_SECRET not in page.content() and CLIENT_SECRET not in hub.log()
+
+
+@pytest.fixture(scope="module")
+def dummy_hub(tmp_path_factory):
+    port, _ = hub_ports()
+    extra = """
+c.CasaDummyAuthenticator.users = {"alice": {"groups": ["/cms"], "admin": True}, "bob": {"groups": ["atlas"]}}
+c.CasaDummyAuthenticator.password = "demo"
+c.CasaDummyAuthenticator.allowed_groups = {"cms"}
+c.CasaDummyAuthenticator.facility_name = "Casa Demo"
+c.CasaDummyAuthenticator.announcements = ["This is a demo"]
+"""
+    with jupyterhub(tmp_path_factory.mktemp("auth-dummy"), port, "casa-dummy", extra) as running:
+        yield running
+
+
+def test_dummy_login_form_admin_and_refusal_in_a_real_hub(dummy_hub, page):
+    page.goto(f"{dummy_hub.url}/hub/login")
+    assert page.locator("#casa-facility-name").inner_text() == "Casa Demo"
+    assert "This is a demo" in page.locator("#casa-announcements").inner_text()
+
+    page.fill("#username_input", "alice")
+    page.fill("#password_input", "demo")
+    page.click("#login_submit")
+    page.wait_for_url(lambda url: "/hub/login" not in url)
+    alice = dummy_hub.api("/users/alice")
+    assert alice["admin"] is True and alice["groups"] == ["cms"]
+    assert alice["auth_state"]["casa"]["slug"] == "alice"
+
+    page.context.clear_cookies()
+    page.goto(f"{dummy_hub.url}/hub/login")
+    page.fill("#username_input", "bob")
+    page.fill("#password_input", "demo")
+    with page.expect_response(lambda r: r.url.startswith(f"{dummy_hub.url}/hub/login") and r.request.method == "POST") as posted:
+        page.click("#login_submit")
+    assert posted.value.status == 403
+    assert page.locator(".casa-required-group").all_inner_texts() == ["cms"]

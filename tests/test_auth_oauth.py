@@ -338,3 +338,14 @@ def test_packaged_error_pages_render_with_jupyterhubs_templates(template, except
     )
     for text in shows:
         assert text in html
+
+
+async def test_tokens_in_an_unusable_token_response_reach_neither_page_nor_log(make_authenticator, idp, caplog):
+    caplog.set_level("DEBUG")
+    idp.overrides["/token"] = (200, b'{"token_type": "Bearer", "refresh_token": "RT-SECRET-123", "id_token": "ID-SECRET-456"}')
+    with pytest.raises(LoginProblem) as problem:
+        await login(make_authenticator(), idp, {**ALICE, "groups": ["/cms"]})
+    assert problem.value.status_code == 502
+    for secret in ("RT-SECRET-123", "ID-SECRET-456", CLIENT_SECRET):
+        assert secret not in str(problem.value) and secret not in problem.value.jupyterhub_message
+        assert secret not in caplog.text
