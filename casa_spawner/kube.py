@@ -270,6 +270,13 @@ class CasaKubeSpawner(KubeSpawner):
         owner = ko.owner_reference(self.pod_name, pod_uid)
         return ko.session_objects(self._plan, self.session_options(), [owner])
 
+    async def preview_manifests(self, pod_uid: str = "<uid of the pod>") -> list[dict]:
+        """Plan a session and return, as JSON, the pod and every extra object this spawner
+        would create (``casa render``); nothing is sent to Kubernetes."""
+        self._plan = await self.plan_new_session()
+        pod = ko.to_json(await self.get_pod_manifest())
+        return [pod, *self.build_session_objects(pod_uid)]
+
     async def create_session_objects(self, pod: dict) -> None:
         """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``."""
         for obj in self.build_session_objects(pod["metadata"]["uid"]):

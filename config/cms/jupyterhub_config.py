@@ -1,0 +1,66 @@
+# The CMS analysis facility on Kubernetes (zero-to-jupyterhub): CMS INDIGO IAM login,
+# CasaKubeSpawner, Traefik routing tls://<slug>.dask.coffea.casa:8786 to each user's scheduler.
+#
+# z2jh loads this file from /usr/local/etc/jupyterhub/jupyterhub_config.d/ (see values.yaml:
+#     helm upgrade --install casa jupyterhub/jupyterhub -f config/cms/values.yaml \
+#       --set-file hub.extraFiles.casa-config.stringData=config/cms/jupyterhub_config.py
+# ), after the chart's own settings, so c.KubeSpawner.* from the chart (image, uid, storage)
+# still apply to CasaKubeSpawner.  Site-specific values come from the environment
+# (hub.extraEnv); secrets only from files or env vars a (Sealed)Secret fills.
+#
+# CASA_PUBLIC_URL          the hub's public URL (OAuth callback), https://cmsaf-jh.unl.edu
+# CASA_DASK_DOMAIN         schedulers are tls://<slug>.dask.<this>:8786, coffea.casa
+# CASA_TRUST_DOMAIN        the HTCondor pool's TRUST_DOMAIN
+# CASA_COLLECTOR_HOST / CASA_SCHEDD_HOST   where Dask workers are submitted
+# CASA_XCACHE_HOST         root://... of the XCache
+# CASA_KEYS_DIR            where the hub's init container put the master keys (0600, hub uid)
+# CASA_SESSION_IMAGE       image with jupyterhub-casa for the credential-sync sidecar (the hub image)
+# OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, JUPYTERHUB_CRYPT_KEY: from the jhub-cms-auth Secret
+
+import os
+
+c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
+env = os.environ.get
+
+public_url = env("CASA_PUBLIC_URL", "https://cmsaf-jh.unl.edu").rstrip("/")
+keys_dir = env("CASA_KEYS_DIR", "/etc/casa/secrets/keys")
+
+# -- who may log in: CMS members, through CMS IAM -------------------------------
+c.JupyterHub.authenticator_class = "casa"
+c.Authenticator.enable_auth_state = True  # the spawner reads the access token; needs JUPYTERHUB_CRYPT_KEY
+c.CasaOAuthenticator.idp = "cms-iam"
+c.CasaOAuthenticator.issuer = "https://cms-auth.web.cern.ch/"
+c.CasaOAuthenticator.oauth_callback_url = f"{public_url}/hub/oauth_callback"
+c.CasaOAuthenticator.group_claims = ["wlcg.groups", "groups"]
+c.CasaOAuthenticator.allowed_groups = {"cms"}
+c.CasaOAuthenticator.admin_groups = {"cms/af-admins"}
+c.CasaOAuthenticator.signup_url = "https://cms-auth.web.cern.ch/start-registration"
+c.CasaOAuthenticator.refresh_pre_spawn = True  # a spawn never starts with an expired access token
+
+# -- what every user gets -----------------------------------------------------------
+c.Facility.domain = env("CASA_DASK_DOMAIN", "coffea.casa")
+c.Facility.dask_port = 8786
+c.Facility.trust_domain = env("CASA_TRUST_DOMAIN", "red-condor.unl.edu")
+c.Facility.collector_host = env("CASA_COLLECTOR_HOST", "red-condor.unl.edu:9619")
+c.Facility.schedd_host = env("CASA_SCHEDD_HOST", "t3.unl.edu")
+c.Facility.signing_key_file = f"{keys_dir}/POOL"
+c.Facility.condor_token_lifetime = 3 * 86400
+c.Facility.macaroon_secret_file = f"{keys_dir}/macaroon-secret"
+c.Facility.xcache_site = "T2_US_Nebraska"
+c.Facility.xcache_host = env("CASA_XCACHE_HOST", "root://red-xcache1.unl.edu:1094")
+c.Facility.xcache_paths = ["/store"]
+c.Facility.xcache_token_name = "{slug}"  # usernames may hold spaces (DNs); the slug never does
+c.Facility.xcache_token_lifetime = 12 * 3600  # within XRootD's default maxduration (24 h)
+
+# -- where it runs: a pod per user, with its Dask scheduler beside the notebook ----------
+c.JupyterHub.spawner_class = "casa-kube"
+c.CasaKubeSpawner.ingress_route_group = "traefik.io"
+c.CasaKubeSpawner.ingress_route_version = "v1alpha1"
+c.CasaKubeSpawner.ingress_route_entry_points = ["dask"]  # Traefik's TLS-passthrough entry point (traefik-values.yaml)
+c.CasaKubeSpawner.credsync_image = env("CASA_SESSION_IMAGE", "ghcr.io/coffeateam/jupyterhub-casa-hub:0.1.0")
+c.CasaKubeSpawner.scheduler_resources = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "4Gi"},
+}
+c.CasaKubeSpawner.uid = 1000  # jovyan: owner of the credential files
+c.CasaKubeSpawner.gid = 100
