@@ -217,8 +217,15 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
 
     def _scheduler_alive(self) -> bool:
         if self.scheduler_proc is not None:
-            return self.scheduler_proc.returncode is None
+            # the exit status arrives through the event loop a moment after the process is gone
+            return self.scheduler_proc.returncode is None and _pid_exists(self.scheduler_proc.pid)
         return bool(self.scheduler_pid) and _is_our_process(self.scheduler_pid, self.scheduler_dir)
+
+    async def _signal(self, sig):
+        if sig == 0:
+            # an exited notebook its old parent has not reaped (after a hub restart) is not running
+            return _pid_exists(self.pid)
+        return await super()._signal(sig)
 
     async def poll(self):
         status = await super().poll()
