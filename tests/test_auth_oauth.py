@@ -315,6 +315,8 @@ def test_refusal_is_an_http_403():
         ("403.html", LoginProblem(403, "Sign-in failed: no 'email' claim"), ["Sign-in failed: no &#39;email&#39; claim"]),
         ("502.html", LoginProblem(502, "Sign-in failed: HTTP 503"), ['<p id="casa-problem">Sign-in failed: HTTP 503</p>']),
         ("403.html", web.HTTPError(403, "plain"), ["plain"]),
+        # a hub without casa_auth.TEMPLATE_DIR in template_paths still names the group and links to apply
+        ("error.html", LoginRefused("bob", [], ["cms"], "https://x/apply", "Join"), ["<code>cms</code>", '<a href="https://x/apply">Join</a>']),
     ],
 )
 def test_packaged_error_pages_render_with_jupyterhubs_templates(template, exception, shows):
