@@ -1,0 +1,175 @@
+"""CasaCluster against a real TLS Dask scheduler: attach (never start one), scale, adapt, close.
+
+Going through Traefik by name is covered in tests/test_local_e2e.py; here the
+scheduler is reached directly (at 127.0.0.1, with its name as SNI, which a scheduler
+ignores), which isolates the cluster's own logic.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from casa_hub.dask_tls import make_session_tls
+from casa_spawner.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    """A TLS scheduler (as the spawner runs it) and the notebook's connection to it."""
+    tls = make_session_tls("alice.dask.casa.test")
+    files = {"ca": tls.ca_pem, "scheduler": tls.scheduler_pem, "client": tls.client_pem, "worker": tls.worker_pem}
+    for name, pem in files.items():
+        (tmp_path / f"{name}.pem").write_bytes(pem)
+        os.chmod(tmp_path / f"{name}.pem", 0o600)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",
+         "--port", str(port), "--dashboard-address", f"127.0.0.1:{free_port()}",
+         "--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "scheduler.pem"),
+         "--tls-key", str(tmp_path / "scheduler.pem")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "scheduler did not start"
+                time.sleep(0.2)
+        # the name does not resolve: connect to 127.0.0.1 and send it as SNI, as through Traefik
+        yield SchedulerConnection(
+            address=f"tls://alice.dask.casa.test:{port}", connect_host="127.0.0.1", ca_file=str(tmp_path / "ca.pem"),
+            client_cert=str(tmp_path / "client.pem"), client_key=str(tmp_path / "client.pem"),
+            worker_cert=str(tmp_path / "worker.pem"), worker_key=str(tmp_path / "worker.pem"),
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class RecordingLauncher(WorkerLauncher):
+    """A launcher that only remembers what it was asked (the batch system as a test double)."""
+
+    def __init__(self):
+        self.workers: list[str] = []
+
+    def launch(self, names, connection):
+        self.workers += names
+
+    def stop(self, names):
+        self.workers = [w for w in self.workers if w not in names]
+
+    def running(self):
+        return list(self.workers)
+
+
+ENV = {
+    "CASA_SCHEDULER_ADDRESS": "tls://alice.dask.casa.test:8786",
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "/c/dask/ca.pem",
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": "/c/dask/client.pem",
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": "/c/dask/client.pem",
+    "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": "/c/dask/worker.pem",
+    "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": "/c/dask/worker.pem",
+}
+
+
+def test_connection_from_the_notebook_environment_by_name():
+    conn = SchedulerConnection.from_environment(ENV)
+    assert conn.connect_address == "tls://alice.dask.casa.test:8786"
+    assert conn.security().server_hostname is None  # the name resolves: distributed sends it as SNI itself
+    cmd = conn.worker_command("w0")
+    assert cmd[3] == "tls://alice.dask.casa.test:8786" and "--scheduler-sni" not in cmd
+    assert "--no-nanny" in cmd and cmd[cmd.index("--tls-cert") + 1] == "/c/dask/worker.pem"
+
+
+def test_connection_to_an_address_with_the_name_as_sni():
+    conn = SchedulerConnection.from_environment({**ENV, "CASA_SCHEDULER_CONNECT_HOST": "127.0.0.1"})
+    assert conn.connect_address == "tls://127.0.0.1:8786" and conn.sni == "alice.dask.casa.test"
+    security = conn.security("client")
+    assert security.server_hostname == "alice.dask.casa.test"
+    assert security.tls_client_cert == "/c/dask/client.pem"
+    cmd = conn.worker_command("w0")
+    assert cmd[cmd.index("--scheduler-sni") + 1] == "alice.dask.casa.test"
+
+
+def test_outside_a_session_the_error_says_what_is_missing():
+    with pytest.raises(RuntimeError, match="CASA_SCHEDULER_ADDRESS"):
+        SchedulerConnection.from_environment({})
+
+
+def test_scale_asks_the_launcher_for_the_difference():
+    launcher = RecordingLauncher()
+    cluster = CasaCluster(SchedulerConnection.from_environment(ENV), launcher, name_prefix="t")
+    cluster.scale(3)
+    assert launcher.workers == ["t-0", "t-1", "t-2"]
+    cluster.scale(1)
+    assert launcher.workers == ["t-0"]
+    cluster.scale(2)
+    assert launcher.workers == ["t-0", "t-3"]
+    with pytest.raises(ValueError):
+        cluster.scale(-1)
+    cluster.close()
+    assert launcher.workers == []
+
+
+def test_local_workers_join_compute_and_leave(scheduler):
+    cluster = CasaCluster(scheduler, LocalProcessWorkers())
+    try:
+        cluster.scale(2)
+        with cluster.get_client(timeout="30s") as client:
+            client.wait_for_workers(2, timeout=90)
+            assert client.submit(sum, range(101)).result(timeout=60) == 5050
+            assert client.connection_args["server_hostname"] == "alice.dask.casa.test"
+            pids = cluster.launcher.pids()
+            cluster.scale(1)
+            deadline = time.monotonic() + 30
+            while len(client.scheduler_info()["workers"]) != 1:
+                assert time.monotonic() < deadline, "the scheduler still sees two workers"
+                time.sleep(0.2)
+    finally:
+        cluster.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_adapt_follows_the_scheduler_within_bounds(scheduler):
+    launcher = RecordingLauncher()  # no real workers: submitted tasks stay waiting
+    cluster = CasaCluster(scheduler, launcher, name_prefix="a")
+    try:
+        cluster.adapt(minimum=1, maximum=3, interval=0.2)
+        assert len(launcher.workers) == 1
+        with cluster.get_client(timeout="30s") as client:
+            futures = client.map(lambda x: x + 1, range(100))
+            deadline = time.monotonic() + 30
+            while len(launcher.workers) != 3:
+                assert time.monotonic() < deadline, f"adapt did not scale up: {launcher.workers}"
+                time.sleep(0.2)
+            del futures
+            deadline = time.monotonic() + 30
+            while len(launcher.workers) != 1:
+                assert time.monotonic() < deadline, f"adapt did not scale down: {launcher.workers}"
+                time.sleep(0.2)
+    finally:
+        cluster.close()
+    assert launcher.workers == []
