@@ -40,8 +40,13 @@ class SchedulerSpec:
     dashboard_port: int
     files: tuple[str, ...] = (b.DASK_CA_PATH, b.DASK_SCHEDULER_PATH)
 
-    def command(self, credentials_dir: str, host: str = "0.0.0.0", python: str | None = None) -> list[str]:
-        """Command line of the scheduler; it reads its certificate from ``credentials_dir`` (no key in argv)."""
+    def command(self, credentials_dir: str, host: str = "0.0.0.0", python: str | None = None,
+                dashboard_host: str = "") -> list[str]:
+        """Command line of the scheduler; it reads its certificate from ``credentials_dir`` (no key in argv).
+
+        ``dashboard_host`` empty: the dashboard listens on every interface (fine in a pod;
+        on a shared machine pass ``127.0.0.1``).
+        """
         ca = posixpath.join(credentials_dir, b.DASK_CA_PATH)
         cert = posixpath.join(credentials_dir, b.DASK_SCHEDULER_PATH)
         return [
@@ -51,7 +56,7 @@ class SchedulerSpec:
             "--protocol", "tls",
             "--host", host,
             "--port", str(self.port),
-            "--dashboard-address", f":{self.dashboard_port}",
+            "--dashboard-address", f"{dashboard_host}:{self.dashboard_port}",
             "--tls-ca-file", ca,
             "--tls-cert", cert,
             "--tls-key", cert,

@@ -184,7 +184,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         await asyncio.to_thread(_make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
         await self._start_scheduler(plan)
-        write_route_file(self.routes_dir, plan.route, f"{self.scheduler_host}:{port}")
+        await asyncio.to_thread(write_route_file, self.routes_dir, plan.route, f"{self.scheduler_host}:{port}")
         self.log.info("Session of %s: scheduler pid %s on port %s, route %s", self._log_name, self.scheduler_pid, port, plan.route.host)
         return plan
 
@@ -197,7 +197,8 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         return (auth_state or {}).get("access_token")
 
     async def _start_scheduler(self, plan: SessionPlan) -> None:
-        cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host)
+        # the dashboard has no authentication of its own: loopback only on a shared machine
+        cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host, dashboard_host="127.0.0.1")
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH") if k in os.environ}
         env["HOME"] = self.session_dir
         log_path = os.path.join(self.session_dir, "scheduler.log")
@@ -261,7 +262,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     async def _teardown(self) -> None:
         """Remove the route, stop the scheduler, delete the session directory.  Safe to repeat."""
         if self.route_name:
-            remove_route_file(self.routes_dir, self.route_name)
+            await asyncio.to_thread(remove_route_file, self.routes_dir, self.route_name)
         await self._stop_scheduler()
         if self.session_dir:
             await asyncio.to_thread(shutil.rmtree, self.session_dir, True)

@@ -142,6 +142,8 @@ async def test_start_materialises_the_plan_and_stop_removes_it(make_spawner, tmp
     assert alive(sched)
     args, sched_env = cmdline(sched), environ(sched)
     assert "distributed.cli.dask_scheduler" in args
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--dashboard-address") + 1].startswith("127.0.0.1:")  # no open dashboard
     key_pem = (session / "scheduler" / "dask" / "scheduler.pem").read_bytes()
     secret_b64 = macaroon_secret.read_bytes().strip()
     for blob in ("\0".join(args).encode(), "\0".join(f"{k}={v}" for k, v in sched_env.items()).encode(),

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from casa_hub.dask_tls import make_session_tls
+from casa_hub.errors import ConfigurationError
 from casa_hub.plan import TCPRoute
 from casa_spawner.traefik import (
     PortInUseError,
@@ -56,6 +57,11 @@ def test_static_config_has_dask_entry_point_and_watched_directory(tmp_path):
     assert cfg["entryPoints"]["web"] == {"address": ":8000"}
     assert cfg["providers"]["file"] == {"directory": str(tmp_path), "watch": True}
     assert "web" not in static_config(routes_dir="r", dask_address=":1", ping_address=":2")["entryPoints"]
+
+
+def test_static_config_refuses_a_dask_entry_point_named_like_another():
+    with pytest.raises(ConfigurationError, match="clashes"):
+        static_config(routes_dir="r", dask_address=":1", ping_address=":2", dask_entry_point="ping")
 
 
 def test_route_file_is_written_atomically_and_removed(tmp_path):
@@ -161,6 +167,8 @@ async def test_routes_pass_tls_through_by_sni_and_follow_the_files(traefik, tmp_
     bob_route = TCPRoute(name="casa-dask-bob", host="bob.dask.casa.test", entry_point="dask", port=8786)
     try:
         assert await ask(traefik.dask_port, HOST) is None  # no route yet
+        # a half-written temporary file (as write_route_file leaves for a moment) is ignored
+        (traefik.routes_dir / ".casa-route-x.tmp").write_text("tcp: {routers: [unfinished")
         write_route_file(traefik.routes_dir, ROUTE, f"127.0.0.1:{alice_port}")
         write_route_file(traefik.routes_dir, bob_route, f"127.0.0.1:{bob_port}")
         await wait_for_answer(traefik.dask_port, HOST, "alice:hello")
