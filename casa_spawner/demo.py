@@ -1,0 +1,484 @@
+"""``casa demo``: the whole facility on this machine, with nothing to configure.
+
+It starts, in this order, and stops in reverse on Ctrl-C (SIGINT) or SIGTERM:
+
+1. where ``xrootd`` is installed, the XCache stand-in (:class:`~casa_spawner.xcache.XCacheServer`)
+   with a demo data file and one area per user, checking the hub's macaroons;
+2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.traefik.TraefikProcess`), watching
+   the directory where ``CasaLocalSpawner`` writes one route file per user;
+3. JupyterHub with ``config/local/jupyterhub_config.py`` (demo users or an OIDC provider,
+   ``CasaLocalSpawner``, and its own Traefik as the HTTP proxy -- pip only, no npm).
+
+Everything lives in a state directory (a lock file keeps a second demo out of it); the
+macaroon secret is generated there (0600) and never printed.  Ports are checked before
+anything starts.  The demo makes itself a child subreaper, so whatever a crashed child leaves
+behind is re-parented to it and ended too: after a stop no process of the demo is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.names import user_names, validate_domain
+
+from .traefik import PortInUseError, TraefikProcess, free_port, port_is_free, traefik_binary
+from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
+
+DEFAULT_STATE_DIR = "~/.local/share/casa-demo"
+DEMO_USERS = ("alice", "bob")
+DEMO_ADMINS = ("alice",)
+XCACHE_SITE = "CASA_DEMO"
+#: the one-machine facility's JupyterHub configuration, next to the package in the source tree
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "config" / "local" / "jupyterhub_config.py"
+HUB_STOP_TIMEOUT = 30.0
+
+
+class DemoError(CasaError):
+    """The demo cannot start or a part of it failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class OIDCProvider:
+    issuer: str
+    client_id: str
+    client_secret_file: str | None = None
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    state_dir: Path
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    dask_port: int = 8786
+    domain: str = "localhost"
+    xcache: bool = True
+    config_file: Path = CONFIG_FILE
+    start_timeout: float = 120.0
+    users: tuple[str, ...] = DEMO_USERS
+    admins: tuple[str, ...] = DEMO_ADMINS
+    oidc: OIDCProvider | None = None
+    password: str = ""  #: the demo users' password; empty: any password (loopback only)
+
+    @property
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        return f"http://{host}:{self.port}/"
+
+    # files and directories inside the state directory
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def traefik_dir(self) -> Path:
+        return self.state_dir / "traefik"
+
+    @property
+    def routes_dir(self) -> Path:
+        return self.traefik_dir / "routes"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.state_dir / "secrets" / "macaroon-secret"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "demo.lock"
+
+
+@dataclass
+class Ports:
+    """Internal ports, chosen free when the demo starts."""
+
+    hub_api: int
+    proxy_api: int
+
+
+# -- pure builders ----------------------------------------------------------------
+
+
+def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "", oidc_endpoints: dict | None = None) -> dict[str, str]:
+    """The ``CASA_LOCAL_*`` variables ``config/local/jupyterhub_config.py`` reads (no secret values)."""
+    env = {
+        "CASA_LOCAL_STATE_DIR": str(settings.state_dir),
+        "CASA_LOCAL_IP": settings.ip,
+        "CASA_LOCAL_PORT": str(settings.port),
+        "CASA_LOCAL_HUB_API_PORT": str(ports.hub_api),
+        "CASA_LOCAL_PROXY_API_PORT": str(ports.proxy_api),
+        "CASA_LOCAL_DOMAIN": settings.domain,
+        "CASA_LOCAL_DASK_PORT": str(settings.dask_port),
+        "CASA_LOCAL_ROUTES_DIR": str(settings.routes_dir),
+        "CASA_LOCAL_USERS": ",".join(settings.users),
+        "CASA_LOCAL_ADMINS": ",".join(settings.admins),
+        "CASA_LOCAL_DEMO_PASSWORD": settings.password,
+    }
+    if xcache_host:
+        env.update(
+            CASA_LOCAL_MACAROON_SECRET_FILE=str(settings.secret_file),  # a path: the hub reads the file
+            CASA_LOCAL_XCACHE_SITE=XCACHE_SITE,
+            CASA_LOCAL_XCACHE_HOST=xcache_host,
+        )
+    if settings.oidc is not None and oidc_endpoints:
+        env.update(
+            CASA_LOCAL_OIDC_AUTHORIZE_URL=oidc_endpoints["authorization_endpoint"],
+            CASA_LOCAL_OIDC_TOKEN_URL=oidc_endpoints["token_endpoint"],
+            CASA_LOCAL_OIDC_USERDATA_URL=oidc_endpoints["userinfo_endpoint"],
+            CASA_LOCAL_OIDC_CLIENT_ID=settings.oidc.client_id,
+        )
+        if settings.oidc.client_secret_file:
+            env["CASA_LOCAL_OIDC_CLIENT_SECRET_FILE"] = settings.oidc.client_secret_file
+    return env
+
+
+def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
+    """What to tell the person who ran the demo: where to log in and how to connect."""
+    lines = ["", "casa demo is running.", f"  Log in:   {settings.public_url}"]
+    if settings.oidc is None:
+        who = ", ".join(f"{u} (admin)" if u in settings.admins else u for u in settings.users)
+        password = f"password {settings.password}" if settings.password else "any password"
+        lines.append(f"            users: {who}; {password}")
+    else:
+        lines.append(f"            with {settings.oidc.issuer} (redirect URI {settings.public_url}hub/oauth_callback)")
+    example = user_names(settings.users[0] if settings.users else "alice", settings.domain, settings.dask_port)
+    lines += [
+        f"  Dask:     each session's scheduler is tls://<user>.dask.{settings.domain}:{settings.dask_port}",
+        f"            e.g. {example.scheduler_address} (Traefik routes by TLS SNI, passthrough);",
+        "            in a notebook: from dask.distributed import Client; client = Client()",
+        f"            from elsewhere: resolve {example.scheduler_host} to this machine and use the session's",
+        "            certificates from $CASA_CREDENTIALS/dask (mutual TLS)",
+    ]
+    if xcache is not None:
+        lines += [
+            f"  XCache:   {xcache.root_url} (HTTP {xcache.url}); open data {DEMO_DATA_PATH},",
+            "            your area /store/user/<user>/ with the token in $BEARER_TOKEN_FILE",
+        ]
+    lines += [f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", ""]
+    return "\n".join(lines)
+
+
+# -- the running demo -----------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    settings: DemoSettings
+    out: object = field(default=sys.stdout)
+    hub: asyncio.subprocess.Process | None = None
+    traefik: TraefikProcess | None = None
+    xcache: XCacheServer | None = None
+    _lock_fd: int | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def run(self) -> int:
+        """Start everything, wait for Ctrl-C or a part dying, stop everything.  The exit code."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        _become_subreaper()
+        stopping = asyncio.ensure_future(stop.wait())
+        starting = asyncio.ensure_future(self.start())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                self.say("Interrupted while starting; stopping what was started.")
+                return 130
+            starting.result()  # a start-up error ends here, after the clean-up below
+            self.say(banner(self.settings, self.xcache))
+            died = asyncio.ensure_future(self._first_exit())
+            await asyncio.wait({stopping, died}, return_when=asyncio.FIRST_COMPLETED)
+            if died.done():
+                name, code = died.result()
+                self.say(f"casa demo: {name} exited unexpectedly (status {code}); see {self.settings.logs_dir}. Stopping.")
+                return 1
+            died.cancel()
+            self.say("Stopping casa demo ...")
+            return 0
+        finally:
+            stopping.cancel()
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self.say("casa demo stopped.")
+
+    async def start(self) -> None:
+        s = self.settings
+        self._check_ports()
+        await asyncio.to_thread(self._prepare_state_dir)
+        ports = Ports(hub_api=free_port(), proxy_api=free_port())
+
+        xcache_host = ""
+        if s.xcache and shutil.which("xrootd"):
+            await asyncio.to_thread(ensure_macaroon_secret, s.secret_file)
+            self.xcache = XCacheServer(
+                sitename=XCACHE_SITE,
+                secret_file=str(s.secret_file),
+                users=list(s.users),
+                public_paths=["/store/data"],
+                files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users}},
+                ready_timeout=min(60.0, s.start_timeout),
+            )
+            await self.xcache.start()
+            xcache_host = self.xcache.root_url
+        elif s.xcache:
+            self.say("Note: xrootd is not installed, so no XCache stand-in (Debian: apt install xrootd-server xrootd-server-plugins).")
+
+        self.traefik = TraefikProcess(s.traefik_dir, dask_port=s.dask_port, routes_dir=s.routes_dir, host=s.ip)
+        await self.traefik.start(timeout=min(60.0, s.start_timeout))
+
+        oidc_endpoints = await asyncio.to_thread(_discover_oidc, s.oidc.issuer) if s.oidc else None
+        env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host, oidc_endpoints=oidc_endpoints)}
+        env["PATH"] = os.pathsep.join([str(Path(traefik_binary()).parent), sysconfig.get_path("scripts"), env.get("PATH", "")])
+        with open(s.logs_dir / "jupyterhub.log", "ab") as log:
+            self.hub = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "jupyterhub", "-f", str(s.config_file),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                cwd=str(s.state_dir), env=env, start_new_session=True,
+            )
+        await self._wait_for_login_page()
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        if s.port == s.dask_port:
+            raise ConfigurationError(f"--port and --dask-port are both {s.port}; give them different ports")
+        for port, what, option in ((s.port, "JupyterHub", "--port"), (s.dask_port, "Dask (Traefik's dask entry point)", "--dask-port")):
+            if not port_is_free(s.ip, port):
+                raise PortInUseError(
+                    f"port {port} for {what} is already in use on {s.ip or '*'} (another casa demo?); "
+                    f"stop it or choose another port with {option}"
+                )
+
+    def _prepare_state_dir(self) -> None:
+        s = self.settings
+        if not s.config_file.is_file():
+            raise ConfigurationError(f"JupyterHub configuration {s.config_file} not found; pass --config")
+        s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(s.state_dir, 0o700)
+        fd = os.open(s.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DemoError(f"state directory {s.state_dir} is in use by another casa demo (pid {holder}); stop it or pass --state-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        for d in (s.logs_dir, s.routes_dir, s.secret_file.parent):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in s.routes_dir.glob("*.yml"):  # routes of sessions a crashed demo left behind
+            stale.unlink()
+
+    async def _wait_for_login_page(self) -> None:
+        url = self.settings.public_url + "hub/login"
+        deadline = time.monotonic() + self.settings.start_timeout
+        while True:
+            if self.hub.returncode is not None:
+                raise DemoError(
+                    f"JupyterHub exited with status {self.hub.returncode} while starting:\n{_tail(self.settings.logs_dir / 'jupyterhub.log')}"
+                )
+            if await asyncio.to_thread(_status, url) == 200:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"JupyterHub did not answer {url} within {self.settings.start_timeout:.0f}s; see {self.settings.logs_dir}/jupyterhub.log")
+            await asyncio.sleep(0.5)
+
+    async def _first_exit(self) -> tuple[str, int]:
+        waits = {asyncio.ensure_future(self.hub.wait()): "JupyterHub", asyncio.ensure_future(self.traefik.process.wait()): "Traefik"}
+        if self.xcache is not None and self.xcache.process is not None:
+            waits[asyncio.ensure_future(self.xcache.process.wait())] = "the XCache stand-in (xrootd)"
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            task = done.pop()
+            return waits[task], task.result()
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def stop(self) -> None:
+        """Stop the hub (it stops the sessions and its proxy), Traefik, XCache; end any orphan.  Idempotent."""
+        hub, self.hub = self.hub, None
+        if hub is not None:
+            await _terminate(hub, HUB_STOP_TIMEOUT)
+        traefik, self.traefik = self.traefik, None
+        if traefik is not None:
+            await traefik.stop()
+        xcache, self.xcache = self.xcache, None
+        if xcache is not None:
+            await xcache.stop()
+        await asyncio.to_thread(_end_orphans)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _welcome(user: str) -> bytes:
+    return f"Hello {user}: this is your area on the casa demo XCache; only your token reads it.\n".encode()
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def _discover_oidc(issuer: str) -> dict:
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            doc = json.load(resp)
+    except (OSError, ValueError) as e:
+        raise DemoError(f"cannot read the OIDC provider's configuration at {url}: {e}") from None
+    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint") if not doc.get(k)]
+    if missing:
+        raise DemoError(f"the OIDC provider at {issuer} does not announce {', '.join(missing)}")
+    return doc
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def _terminate(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM the process (it cleans up after itself), then SIGKILL its whole group."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group is the child's own
+    await proc.wait()
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Linux: orphans of our children are re-parented to us (so :func:`_end_orphans` finds them)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(entry))
+    return found
+
+
+def _end_orphans(timeout: float = 10.0) -> None:
+    """End and reap every remaining child (orphans re-parented to the subreaper); blocking."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pending = _children()
+        for pid in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for pid in list(pending):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    pending.remove(pid)
+            time.sleep(0.05)
+        if not pending:
+            return
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def settings_from_args(args) -> DemoSettings:
+    if bool(args.oidc_issuer) != bool(args.oidc_client_id):
+        raise ConfigurationError("give both --oidc-issuer and --oidc-client-id, or neither (demo users)")
+    oidc = OIDCProvider(args.oidc_issuer, args.oidc_client_id, args.oidc_client_secret_file) if args.oidc_issuer else None
+    loopback = args.ip == "localhost" or args.ip.startswith("127.") or args.ip == "::1"
+    return DemoSettings(
+        state_dir=Path(args.state_dir).expanduser().resolve(),
+        ip=args.ip,
+        port=args.port,
+        dask_port=args.dask_port,
+        domain=validate_domain(args.domain),
+        xcache=not args.no_xcache,
+        config_file=Path(args.config).expanduser().resolve(),
+        start_timeout=args.start_timeout,
+        oidc=oidc,
+        password="" if loopback else secrets.token_urlsafe(12),  # reachable from elsewhere: not any password
+    )
+
+
+def _run(args) -> int:
+    return asyncio.run(Demo(settings_from_args(args)).run())
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the facility on this machine: JupyterHub, Traefik, per-user Dask schedulers, XCache",
+        description="Run the whole facility on this machine; Ctrl-C stops everything it started.",
+    )
+    p.add_argument("--port", type=_port, default=8000, help="JupyterHub's public HTTP port (default 8000)")
+    p.add_argument("--dask-port", type=_port, default=8786, help="Traefik's Dask entry point, TLS passthrough (default 8786)")
+    p.add_argument("--ip", default="127.0.0.1", help="address the hub and the Dask entry point listen on (default 127.0.0.1)")
+    p.add_argument("--domain", default="localhost", help="Dask domain: schedulers are tls://<user>.dask.<domain> (default localhost)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"where the demo keeps its files (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--no-xcache", action="store_true", help="do not start the XCache stand-in even if xrootd is installed")
+    p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: config/local/jupyterhub_config.py)")
+    p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
+    p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")
+    p.add_argument("--oidc-client-id", metavar="ID")
+    p.add_argument("--oidc-client-secret-file", metavar="FILE")
+    p.set_defaults(func=_run)

@@ -1,0 +1,308 @@
+"""``casa demo`` as a new user runs it: the installed ``casa`` command, in a fresh state directory.
+
+One demo runs for the module (free ports, a temporary state directory).  The tests log in
+through the hub's login form as a browser would, spawn alice's session, reach her Dask
+scheduler through the demo's Traefik by TLS SNI, read from the XCache stand-in, check that
+a second demo on the same port is refused, scan everything the demo printed or logged for
+the macaroon secret, and finally stop it with SIGINT (Ctrl-C) and check that nothing is
+left: no process, no listening port, no route, no credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from casa_spawner.cluster import SchedulerConnection
+
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT = 180  # a loaded 2-core machine: hub, two Traefiks, xrootd
+READY_LINE = "Press Ctrl-C to stop."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every process below ``root`` (the start time tells a recycled pid)."""
+    parents, starts = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            starts[int(entry)] = fields[19]
+    found, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = starts[pid]
+                frontier.append(pid)
+    return found
+
+
+def alive(pid: int, start: str) -> bool:
+    try:
+        fields = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != "Z"
+
+
+@dataclass
+class RunningDemo:
+    process: subprocess.Popen
+    state_dir: Path
+    port: int
+    dask_port: int
+    output_path: Path
+    seen_pids: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def remember_processes(self) -> None:
+        self.seen_pids.update(descendants(self.process.pid))
+
+
+def casa_command() -> str:
+    casa = shutil.which("casa")
+    assert casa, "the casa console script is not installed (pip install -e .)"
+    return casa
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    state_dir, output_path = work / "state", work / "demo.out"
+    port, dask_port = free_port(), free_port()
+    with open(output_path, "wb") as out:
+        proc = subprocess.Popen(
+            [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    running = RunningDemo(proc, state_dir, port, dask_port, output_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while READY_LINE not in running.output():
+            assert proc.poll() is None, f"casa demo exited with {proc.returncode}:\n{running.output()}"
+            assert time.monotonic() < deadline, f"casa demo not ready in {START_TIMEOUT}s:\n{running.output()}"
+            time.sleep(0.5)
+        running.remember_processes()
+        yield running
+    finally:
+        if proc.poll() is None:
+            running.remember_processes()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid, start in list(running.seen_pids.items()) + [(proc.pid, None)]:
+            if start is None or alive(pid, start):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        proc.wait(10)
+
+
+def login(demo: RunningDemo, user: str) -> requests.Session:
+    """Log in through the form on the login page, as a browser does; return the session."""
+    session = requests.Session()
+    page = session.get(f"{demo.url}/hub/login", timeout=30)
+    assert page.status_code == 200
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
+    form = {"username": user, "password": "anything"}
+    if xsrf:
+        form["_xsrf"] = xsrf.group(1)
+    resp = session.post(f"{demo.url}/hub/login", data=form, timeout=60, allow_redirects=False)
+    assert resp.status_code == 302, resp.text[:500]
+    return session
+
+
+def alice_credentials(demo: RunningDemo) -> Path:
+    return demo.state_dir / "sessions" / "users" / "alice" / "credentials"
+
+
+def test_prints_where_to_log_in_and_how_to_connect(demo):
+    out = demo.output()
+    assert f"http://127.0.0.1:{demo.port}/" in out
+    assert "alice (admin)" in out and "bob" in out
+    assert f"tls://alice.dask.localhost:{demo.dask_port}" in out
+    assert "XCache:" in out  # xrootd is installed on this machine
+
+
+def test_login_page_has_the_form(demo):
+    page = requests.get(f"{demo.url}/hub/login", timeout=30)
+    assert page.status_code == 200
+    assert re.search(r"<form[^>]*method=\"post\"", page.text, re.I)
+    assert 'name="username"' in page.text and 'name="password"' in page.text
+
+
+def test_unknown_user_cannot_log_in(demo):
+    session = requests.Session()
+    page = session.get(f"{demo.url}/hub/login", timeout=30)
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text)
+    form = {"username": "mallory", "password": "x", **({"_xsrf": xsrf.group(1)} if xsrf else {})}
+    resp = session.post(f"{demo.url}/hub/login", data=form, timeout=30, allow_redirects=False)
+    assert resp.status_code != 302
+    assert not any(c.name == "jupyterhub-hub-login" for c in session.cookies)
+
+
+def test_alice_is_admin_and_bob_is_not(demo):
+    assert login(demo, "alice").get(f"{demo.url}/hub/admin", timeout=30).status_code == 200
+    assert login(demo, "bob").get(f"{demo.url}/hub/admin", timeout=30).status_code == 403
+
+
+def test_alice_logs_in_and_gets_jupyterlab(demo):
+    session = login(demo, "alice")
+    # after the login the hub sends her browser to /hub/spawn, which starts her session
+    pending = session.get(f"{demo.url}/hub/spawn", timeout=60)
+    assert pending.status_code == 200 and "/hub/spawn-pending/alice" in pending.url, pending.url
+    deadline = time.monotonic() + 150
+    while True:
+        page = session.get(f"{demo.url}/user/alice/lab", timeout=60)
+        if page.status_code == 200 and page.url.endswith("/user/alice/lab") and "JupyterLab" in page.text:
+            break
+        assert time.monotonic() < deadline, f"no JupyterLab for alice: {page.status_code} {page.url}"
+        time.sleep(2)
+    demo.remember_processes()
+    creds = alice_credentials(demo)
+    assert (creds / "dask" / "client.pem").is_file()
+    assert (creds / "bearer_token").is_file()
+    assert (demo.state_dir / "traefik" / "routes" / "casa-dask-alice.yml").is_file()
+
+
+def test_alice_reaches_her_scheduler_through_traefik(demo):
+    creds = alice_credentials(demo)
+    connection = SchedulerConnection(
+        address=f"tls://alice.dask.localhost:{demo.dask_port}",
+        ca_file=str(creds / "dask" / "ca.pem"),
+        client_cert=str(creds / "dask" / "client.pem"),
+        client_key=str(creds / "dask" / "client.pem"),
+        worker_cert=str(creds / "dask" / "worker.pem"),
+        worker_key=str(creds / "dask" / "worker.pem"),
+        connect_host="127.0.0.1",
+    )
+    from distributed import Client
+
+    with Client(connection.connect_address, security=connection.security("client"), timeout=60) as client:
+        scheduler_pid = client.run_on_scheduler(os.getpid)
+    cmdline = Path(f"/proc/{scheduler_pid}/cmdline").read_bytes().split(b"\0")
+    assert b"distributed.cli.dask_scheduler" in cmdline
+    assert any(str(demo.state_dir / "sessions" / "users" / "alice").encode() in arg for arg in cmdline)
+
+
+def xcache_url(demo: RunningDemo) -> str:
+    match = re.search(r"\(HTTP (http://127\.0\.0\.1:\d+)\)", demo.output())
+    assert match, demo.output()
+    return match.group(1)
+
+
+def test_xcache_serves_the_demo_file_and_alices_area_only_to_her_token(demo):
+    url = xcache_url(demo)
+    data = requests.get(f"{url}/store/data/casa-demo/hello.txt", timeout=30)
+    assert data.status_code == 200 and b"casa demo" in data.content
+    token = (alice_credentials(demo) / "bearer_token").read_text().strip()
+    own = requests.get(f"{url}/store/user/alice/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert own.status_code == 200 and own.content.startswith(b"Hello alice")
+    assert requests.get(f"{url}/store/user/alice/welcome.txt", timeout=30).status_code == 403
+    assert requests.get(f"{url}/store/user/bob/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 403
+
+
+def test_second_demo_on_a_taken_port_says_so_and_exits_nonzero(demo, tmp_path):
+    other_state = tmp_path / "other-state"
+    result = subprocess.run(
+        [casa_command(), "demo", "--state-dir", str(other_state), "--port", str(demo.port), "--dask-port", str(free_port())],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"port {demo.port}" in result.stderr and "already in use" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (other_state / "logs").exists()  # nothing was started
+    # the running demo is untouched
+    assert requests.get(f"{demo.url}/hub/login", timeout=30).status_code == 200
+
+
+def test_second_demo_in_the_same_state_dir_is_refused(demo):
+    result = subprocess.run(
+        [casa_command(), "demo", "--state-dir", str(demo.state_dir), "--port", str(free_port()), "--dask-port", str(free_port())],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "in use by another casa demo" in result.stderr
+    assert requests.get(f"{demo.url}/hub/login", timeout=30).status_code == 200
+
+
+def secret_forms(demo: RunningDemo) -> list[bytes]:
+    raw_line = (demo.state_dir / "secrets" / "macaroon-secret").read_bytes().strip()
+    key = base64.b64decode(raw_line)
+    return [raw_line, key, key.hex().encode(), base64.urlsafe_b64encode(key).rstrip(b"=")]
+
+
+def test_macaroon_secret_is_private_and_never_printed_or_logged(demo):
+    secret_file = demo.state_dir / "secrets" / "macaroon-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    forms = secret_forms(demo)
+    scanned = [demo.output_path, *[p for p in demo.state_dir.rglob("*") if p.is_file() and p != secret_file and p.suffix != ".sqlite"]]
+    for path in scanned:
+        content = path.read_bytes()
+        for form in forms:
+            assert form not in content, f"macaroon secret found in {path}"
+    for pid in descendants(demo.process.pid):
+        try:
+            argv_env = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        for form in forms:
+            assert form not in argv_env, f"macaroon secret in the arguments or environment of pid {pid}"
+
+
+def test_ctrl_c_stops_everything(demo):
+    """Last in this module: SIGINT ends the demo and everything it started."""
+    demo.remember_processes()
+    assert len(demo.seen_pids) >= 5  # xrootd, Traefik, hub, hub's Traefik, scheduler, notebook
+    ports = [demo.port, demo.dask_port, int(xcache_url(demo).rsplit(":", 1)[1])]
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(90) == 0
+    assert "casa demo stopped." in demo.output()
+    deadline = time.monotonic() + 15
+    while [pid for pid, start in demo.seen_pids.items() if alive(pid, start)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid, start in demo.seen_pids.items() if alive(pid, start)] == []
+    assert all(port_is_free(p) for p in ports)
+    assert list((demo.state_dir / "traefik" / "routes").iterdir()) == []
+    assert not (demo.state_dir / "sessions" / "users" / "alice").exists()
