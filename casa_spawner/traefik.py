@@ -154,7 +154,9 @@ def traefik_binary() -> str:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """True if ``host:port`` can be bound now (``""`` or ``0.0.0.0``: every IPv4 interface)."""
+    family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host or "0.0.0.0", port))
@@ -204,13 +206,18 @@ class TraefikProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     def _address(self, port: int) -> str:
-        return f"{self.host}:{port}"
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+
+    @property
+    def _probe_host(self) -> str:
+        """Where to check that an entry point listens: the bound address, or loopback for all interfaces."""
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "localhost") else self.host
 
     def config(self) -> dict:
         return static_config(
             routes_dir=str(self.routes_dir),
             dask_address=self._address(self.dask_port),
-            ping_address=self._address(self.ping_port),
+            ping_address=f"127.0.0.1:{self.ping_port}",  # only the launcher asks it
             web_address=self._address(self.web_port) if self.web_port else None,
             dask_entry_point=self.dask_entry_point,
             log_level=self.log_level,
@@ -226,14 +233,14 @@ class TraefikProcess:
     async def start(self, timeout: float = 30.0) -> None:
         binary = self.binary or traefik_binary()
         if self.ping_port is None:
-            self.ping_port = free_port(self.host if self.host not in ("", "0.0.0.0") else "127.0.0.1")
-        ports = {"dask": self.dask_port, "ping": self.ping_port}
+            self.ping_port = free_port()
+        ports = [("dask", self.host, self.dask_port), ("ping", "127.0.0.1", self.ping_port)]
         if self.web_port:
-            ports["web"] = self.web_port
-        for name, port in ports.items():
-            if not port_is_free(self.host, port):
+            ports.append(("web", self.host, self.web_port))
+        for name, host, port in ports:
+            if not port_is_free(host, port):
                 raise PortInUseError(
-                    f"port {port} ({name} entry point of Traefik) is already in use on {self.host or '*'}; "
+                    f"port {port} ({name} entry point of Traefik) is already in use on {host or '*'}; "
                     "stop whatever listens there or choose another port"
                 )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +268,7 @@ class TraefikProcess:
                 if "address already in use" in tail:
                     raise PortInUseError(f"Traefik could not bind a port (already in use):\n{tail}")
                 raise TraefikError(f"Traefik exited with status {self.process.returncode} while starting:\n{tail}")
-            if await asyncio.to_thread(_http_ok, ping_url) and await _tcp_open("127.0.0.1", self.dask_port):
+            if await asyncio.to_thread(_http_ok, ping_url) and await _tcp_open(self._probe_host, self.dask_port):
                 return
             if time.monotonic() >= deadline:
                 raise TraefikError(f"Traefik did not answer on {ping_url} within {timeout:.0f}s:\n{self.log_tail()}")
