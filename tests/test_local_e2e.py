@@ -15,6 +15,7 @@ import asyncio
 import base64
 import os
 import secrets
+import signal
 import socket
 import ssl
 import time
@@ -95,6 +96,20 @@ def hub(tmp_path, traefik, xrootd, macaroon_secret):
         yield hub
     finally:
         hub.stop()
+        kill_processes_using(state_dir)  # only if the hub could not stop its sessions itself
+
+
+def kill_processes_using(directory: Path) -> None:
+    """SIGKILL every process whose command line or environment mentions ``directory``."""
+    marker = str(directory).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def spawn(hub, username: str) -> dict:
@@ -206,6 +221,9 @@ def test_alice_and_bob_on_the_local_facility(hub, traefik, xrootd, macaroon_secr
             assert client.submit(sum, squares).result(timeout=60) == 285
             workers = {w["name"] for w in client.scheduler_info()["workers"].values()}
             assert workers == set(cluster.launcher.running())
+            # the notebook's local address (DASK_SCHEDULER_ADDRESS) is the same scheduler
+            with Client(alice_env["DASK_SCHEDULER_ADDRESS"], security=alice.security(), timeout="30s") as local:
+                assert {w["name"] for w in local.scheduler_info()["workers"].values()} == workers
         worker_pids = cluster.launcher.pids()
     finally:
         cluster.close()
