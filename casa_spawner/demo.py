@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -59,6 +58,7 @@ class OIDCProvider:
     issuer: str
     client_id: str
     client_secret_file: str | None = None
+    allowed_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Ports:
 # -- pure builders ----------------------------------------------------------------
 
 
-def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "", oidc_endpoints: dict | None = None) -> dict[str, str]:
+def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "") -> dict[str, str]:
     """The ``CASA_LOCAL_*`` variables ``config/local/jupyterhub_config.py`` reads (no secret values)."""
     env = {
         "CASA_LOCAL_STATE_DIR": str(settings.state_dir),
@@ -135,12 +135,11 @@ def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = 
             CASA_LOCAL_XCACHE_SITE=XCACHE_SITE,
             CASA_LOCAL_XCACHE_HOST=xcache_host,
         )
-    if settings.oidc is not None and oidc_endpoints:
+    if settings.oidc is not None:
         env.update(
-            CASA_LOCAL_OIDC_AUTHORIZE_URL=oidc_endpoints["authorization_endpoint"],
-            CASA_LOCAL_OIDC_TOKEN_URL=oidc_endpoints["token_endpoint"],
-            CASA_LOCAL_OIDC_USERDATA_URL=oidc_endpoints["userinfo_endpoint"],
+            CASA_LOCAL_OIDC_ISSUER=settings.oidc.issuer,
             CASA_LOCAL_OIDC_CLIENT_ID=settings.oidc.client_id,
+            CASA_LOCAL_OIDC_ALLOWED_GROUPS=",".join(settings.oidc.allowed_groups),
         )
         if settings.oidc.client_secret_file:
             env["CASA_LOCAL_OIDC_CLIENT_SECRET_FILE"] = settings.oidc.client_secret_file
@@ -248,8 +247,7 @@ class Demo:
         self.traefik = TraefikProcess(s.traefik_dir, dask_port=s.dask_port, routes_dir=s.routes_dir, host=s.ip)
         await self.traefik.start(timeout=min(60.0, s.start_timeout))
 
-        oidc_endpoints = await asyncio.to_thread(_discover_oidc, s.oidc.issuer) if s.oidc else None
-        env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host, oidc_endpoints=oidc_endpoints)}
+        env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host)}
         env["PATH"] = os.pathsep.join([str(Path(traefik_binary()).parent), sysconfig.get_path("scripts"), env.get("PATH", "")])
         with open(s.logs_dir / "jupyterhub.log", "ab") as log:
             self.hub = await asyncio.create_subprocess_exec(
@@ -351,19 +349,6 @@ def _status(url: str) -> int | None:
         return None
 
 
-def _discover_oidc(issuer: str) -> dict:
-    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            doc = json.load(resp)
-    except (OSError, ValueError) as e:
-        raise DemoError(f"cannot read the OIDC provider's configuration at {url}: {e}") from None
-    missing = [k for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint") if not doc.get(k)]
-    if missing:
-        raise DemoError(f"the OIDC provider at {issuer} does not announce {', '.join(missing)}")
-    return doc
-
-
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -444,7 +429,12 @@ def _port(text: str) -> int:
 def settings_from_args(args) -> DemoSettings:
     if bool(args.oidc_issuer) != bool(args.oidc_client_id):
         raise ConfigurationError("give both --oidc-issuer and --oidc-client-id, or neither (demo users)")
-    oidc = OIDCProvider(args.oidc_issuer, args.oidc_client_id, args.oidc_client_secret_file) if args.oidc_issuer else None
+    oidc = None
+    if args.oidc_issuer:
+        secret_file = str(Path(args.oidc_client_secret_file).expanduser().resolve()) if args.oidc_client_secret_file else None
+        if secret_file and not Path(secret_file).is_file():
+            raise ConfigurationError(f"--oidc-client-secret-file {secret_file} does not exist")
+        oidc = OIDCProvider(args.oidc_issuer, args.oidc_client_id, secret_file, tuple(args.oidc_allowed_group or ()))
     loopback = args.ip == "localhost" or args.ip.startswith("127.") or args.ip == "::1"
     return DemoSettings(
         state_dir=Path(args.state_dir).expanduser().resolve(),
@@ -480,5 +470,6 @@ def register(subparsers) -> None:
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")
     p.add_argument("--oidc-client-id", metavar="ID")
-    p.add_argument("--oidc-client-secret-file", metavar="FILE")
+    p.add_argument("--oidc-client-secret-file", metavar="FILE", help="file holding the client secret (never on the command line)")
+    p.add_argument("--oidc-allowed-group", action="append", metavar="GROUP", help="repeatable; default: anyone the provider signs in")
     p.set_defaults(func=_run)

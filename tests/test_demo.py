@@ -103,40 +103,67 @@ def casa_command() -> str:
     return casa
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo")
+def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = None) -> RunningDemo:
+    """``casa demo`` in a fresh state directory under ``work`` on free ports; waits until it is ready."""
     state_dir, output_path = work / "state", work / "demo.out"
-    port, dask_port = free_port(), free_port()
+    port, dask_port = port or free_port(), free_port()
     with open(output_path, "wb") as out:
         proc = subprocess.Popen(
-            [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port)],
+            [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port), *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     running = RunningDemo(proc, state_dir, port, dask_port, output_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while READY_LINE not in running.output():
-            assert proc.poll() is None, f"casa demo exited with {proc.returncode}:\n{running.output()}"
-            assert time.monotonic() < deadline, f"casa demo not ready in {START_TIMEOUT}s:\n{running.output()}"
-            time.sleep(0.5)
+    if wait:
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while READY_LINE not in running.output():
+                assert proc.poll() is None, f"casa demo exited with {proc.returncode}:\n{running.output()}"
+                assert time.monotonic() < deadline, f"casa demo not ready in {START_TIMEOUT}s:\n{running.output()}"
+                time.sleep(0.5)
+            running.remember_processes()
+        except BaseException:
+            stop_demo(running)
+            raise
+    return running
+
+
+def stop_demo(running: RunningDemo) -> None:
+    """Ctrl-C, then make sure: SIGKILL whatever of the demo is still alive (teardown, even on failure)."""
+    proc = running.process
+    if proc.poll() is None:
         running.remember_processes()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid, start in list(running.seen_pids.items()):
+        if alive(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def leftovers(running: RunningDemo) -> list[int]:
+    deadline = time.monotonic() + 15
+    while True:
+        left = [pid for pid, start in running.seen_pids.items() if alive(pid, start)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    running = start_demo(tmp_path_factory.mktemp("demo"))
+    try:
         yield running
     finally:
-        if proc.poll() is None:
-            running.remember_processes()
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid, start in list(running.seen_pids.items()) + [(proc.pid, None)]:
-            if start is None or alive(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        proc.wait(10)
+        stop_demo(running)
 
 
 def login(demo: RunningDemo, user: str) -> requests.Session:
@@ -299,10 +326,75 @@ def test_ctrl_c_stops_everything(demo):
     demo.process.send_signal(signal.SIGINT)
     assert demo.process.wait(90) == 0
     assert "casa demo stopped." in demo.output()
-    deadline = time.monotonic() + 15
-    while [pid for pid, start in demo.seen_pids.items() if alive(pid, start)] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [pid for pid, start in demo.seen_pids.items() if alive(pid, start)] == []
+    assert leftovers(demo) == []
     assert all(port_is_free(p) for p in ports)
     assert list((demo.state_dir / "traefik" / "routes").iterdir()) == []
     assert not (demo.state_dir / "sessions" / "users" / "alice").exists()
+
+
+def run_casa(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([casa_command(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "8123", "--dask-port", "8123"], "different ports"),
+        (["--domain", "Not_A_Domain!"], "invalid Dask domain"),
+        (["--oidc-issuer", "http://127.0.0.1:1"], "--oidc-client-id"),
+        (["--oidc-issuer", "http://127.0.0.1:1", "--oidc-client-id", "x", "--oidc-client-secret-file", "/nonexistent"], "does not exist"),
+    ],
+)
+def test_bad_options_give_one_clear_line_and_start_nothing(tmp_path, args, message):
+    result = run_casa("demo", "--state-dir", str(tmp_path / "state"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_sigterm_while_starting_stops_what_was_started(tmp_path):
+    running = start_demo(tmp_path, wait=False)
+    try:
+        hub_log = running.state_dir / "logs" / "jupyterhub.log"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not hub_log.exists():  # XCache and Traefik are up, the hub is starting
+            assert running.process.poll() is None, running.output()
+            assert time.monotonic() < deadline, running.output()
+            time.sleep(0.05)
+        running.remember_processes()
+        assert running.seen_pids
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(90) in (0, 130)
+        assert "casa demo stopped." in running.output()
+        assert leftovers(running) == []
+        assert port_is_free(running.port) and port_is_free(running.dask_port)
+    finally:
+        stop_demo(running)
+
+
+def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
+    from auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
+
+    port = free_port()
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(CLIENT_SECRET + "\n")
+    secret_file.chmod(0o600)
+    with oidc_provider(tmp_path, [f"http://127.0.0.1:{port}/hub/oauth_callback"]) as issuer:
+        running = start_demo(
+            tmp_path, "--no-xcache", "--oidc-issuer", issuer, "--oidc-client-id", CLIENT_ID,
+            "--oidc-client-secret-file", str(secret_file), port=port,
+        )
+        try:
+            assert issuer in running.output() and "XCache:" not in running.output()
+            assert not [pid for pid in running.seen_pids if b"xrootd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            session = requests.Session()
+            callback = provider_sign_in(
+                session, f"{running.url}/hub/oauth_login", "alice", ACCOUNTS["alice"]["password"],
+                stop_prefix=f"{running.url}/hub/oauth_callback",
+            )
+            landed = session.get(callback, timeout=60, allow_redirects=False)
+            assert landed.status_code == 302, landed.text[:300]
+            assert any(c.name == "jupyterhub-hub-login" for c in session.cookies)
+            assert CLIENT_SECRET not in running.output()
+        finally:
+            stop_demo(running)

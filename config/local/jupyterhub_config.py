@@ -20,8 +20,8 @@
 # CASA_LOCAL_DEMO_PASSWORD     their password (empty: any password)
 # CASA_LOCAL_MACAROON_SECRET_FILE, CASA_LOCAL_XCACHE_SITE, CASA_LOCAL_XCACHE_HOST
 #                              the XCache stand-in: hub-issued macaroons for /store/user/<name>/
-# CASA_LOCAL_OIDC_AUTHORIZE_URL, _TOKEN_URL, _USERDATA_URL, _CLIENT_ID, _CLIENT_SECRET_FILE,
-# CASA_LOCAL_OIDC_SCOPE        log in with an OpenID Connect provider instead of the demo users
+# CASA_LOCAL_OIDC_ISSUER, _CLIENT_ID, _CLIENT_SECRET_FILE, _ALLOWED_GROUPS (comma-separated)
+#                              log in with an OpenID Connect provider instead of the demo users
 
 import os
 import secrets
@@ -58,20 +58,19 @@ c.TraefikFileProviderProxy.dynamic_config_file = str(state_dir / "proxy" / "rule
 # process and users log in again after a restart
 if not env("JUPYTERHUB_CRYPT_KEY"):
     os.environ["JUPYTERHUB_CRYPT_KEY"] = secrets.token_hex(32)
-if env("CASA_LOCAL_OIDC_AUTHORIZE_URL"):
-    c.JupyterHub.authenticator_class = "casa"
-    c.GenericOAuthenticator.authorize_url = env("CASA_LOCAL_OIDC_AUTHORIZE_URL")
-    c.GenericOAuthenticator.token_url = env("CASA_LOCAL_OIDC_TOKEN_URL")
-    c.GenericOAuthenticator.userdata_url = env("CASA_LOCAL_OIDC_USERDATA_URL")
-    c.GenericOAuthenticator.client_id = env("CASA_LOCAL_OIDC_CLIENT_ID", "")
+if env("CASA_LOCAL_OIDC_ISSUER"):
+    c.JupyterHub.authenticator_class = "casa"  # CasaOAuthenticator: endpoints from the issuer's discovery document
+    c.CasaOAuthenticator.issuer = env("CASA_LOCAL_OIDC_ISSUER")
+    c.CasaOAuthenticator.client_id = env("CASA_LOCAL_OIDC_CLIENT_ID", "")
     secret_file = env("CASA_LOCAL_OIDC_CLIENT_SECRET_FILE")
     if secret_file:
-        c.GenericOAuthenticator.client_secret = Path(secret_file).read_text().strip()
-    c.GenericOAuthenticator.oauth_callback_url = f"{public_url}/hub/oauth_callback"
-    c.GenericOAuthenticator.scope = env("CASA_LOCAL_OIDC_SCOPE", "openid profile email").split()
-    c.GenericOAuthenticator.username_claim = "preferred_username"
-    c.GenericOAuthenticator.allow_all = True
-    c.Authenticator.enable_auth_state = True  # the spawner reads the access token from it
+        c.CasaOAuthenticator.client_secret = Path(secret_file).read_text().strip()
+    c.CasaOAuthenticator.oauth_callback_url = f"{public_url}/hub/oauth_callback"
+    groups = {g.strip() for g in env("CASA_LOCAL_OIDC_ALLOWED_GROUPS", "").split(",") if g.strip()}
+    if groups:
+        c.CasaOAuthenticator.allowed_groups = groups
+    else:
+        c.CasaOAuthenticator.allow_all = True  # anyone the provider signs in
 else:
     users = [u.strip() for u in env("CASA_LOCAL_USERS", "alice,bob").split(",") if u.strip()]
     admins = {a.strip() for a in env("CASA_LOCAL_ADMINS", "alice").split(",") if a.strip()}
