@@ -47,6 +47,7 @@ import dataclasses
 import datetime as dt
 from functools import partial
 
+import aiohttp
 from jupyterhub.utils import exponential_backoff, maybe_future
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -67,11 +68,15 @@ RETRIABLE = {429, 500, 502, 503, 504}
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
 
 
-class SessionObjectError(RuntimeError):
+class CasaKubeError(RuntimeError):
+    """A session could not be started or stopped; the message says what failed."""
+
+
+class SessionObjectError(CasaKubeError):
     """Kubernetes refused one of the session's objects; the message says which and why."""
 
 
-class SessionCleanupError(RuntimeError):
+class SessionCleanupError(CasaKubeError):
     """Some of the session's objects could not be deleted on stop (each was tried)."""
 
 
@@ -237,7 +242,10 @@ class CasaKubeSpawner(KubeSpawner):
             )
         self._plan = await self.plan_new_session()
         self._bundle = self._plan.bundle
-        return await super().start()
+        try:
+            return await super().start()
+        except aiohttp.ClientError as e:  # KubeSpawner lets a dropped connection escape as is
+            raise CasaKubeError(f"lost the connection to the Kubernetes API while starting pod {self.pod_name}: {e}") from e
 
     def get_env(self):
         env = super().get_env()
@@ -351,8 +359,9 @@ class CasaKubeSpawner(KubeSpawner):
                 self.log.info("%s %s exists, replacing it", kind, name)
                 await self._request(self._replace_call(obj))
             return True
-        except asyncio.TimeoutError:
-            self.log.warning("Timeout creating %s %s, retrying", kind, name)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            # the object may have been created all the same: the retry meets a 409 and replaces it
+            self.log.warning("No answer creating %s %s (%s), retrying", kind, name, type(e).__name__)
             return False
         except ApiException as e:
             if e.status in RETRIABLE or e.status == 404:  # 404: deleted between our 409 and the replace
@@ -364,7 +373,7 @@ class CasaKubeSpawner(KubeSpawner):
         try:
             await self._request(self._delete_call(kind, name))
             return True
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, aiohttp.ClientError):
             return False
         except ApiException as e:
             if e.status == 404:
@@ -403,10 +412,11 @@ class CasaKubeSpawner(KubeSpawner):
             )
 
     async def stop(self, now=False):
+        # no clearing of the plan here: KubeSpawner itself calls stop() in the middle of a
+        # start (a leftover pod); clear_state() forgets the session once it is over
         try:
             await super().stop(now)
         finally:
-            self._plan = None
             await self.delete_session_objects()
 
     # -- renewal ----------------------------------------------------------------
@@ -458,7 +468,7 @@ class CasaKubeSpawner(KubeSpawner):
         try:
             await self._request(self.api.patch_namespaced_secret(name, self.namespace, body))
             return True
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, aiohttp.ClientError):
             return False
         except ApiException as e:
             if e.status in RETRIABLE:

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 from types import SimpleNamespace
 
+import aiohttp
 import pytest
 from kubernetes_asyncio.client.rest import ApiException
 from traitlets import TraitError
@@ -124,6 +125,14 @@ async def test_server_errors_and_timeouts_are_retried(make):
     await sp.create_session_objects(POD)
     assert core.methods().count("create_namespaced_secret") == 5
     assert core.methods()[-1] == "create_namespaced_service"
+
+
+async def test_a_dropped_connection_is_retried_and_the_retry_replaces(make):
+    """The create may have happened before the connection dropped: the retry meets a 409 and replaces."""
+    core = RecordingApi(create_namespaced_secret=[aiohttp.ServerDisconnectedError(), api_error(409)])
+    sp = await planned(await make(core=core))
+    await sp.create_session_objects(POD)
+    assert core.methods()[:3] == ["create_namespaced_secret", "create_namespaced_secret", "replace_namespaced_secret"]
 
 
 async def test_a_refusal_fails_at_once_with_a_clear_message(make):
