@@ -434,12 +434,13 @@ class CasaKubeSpawner(KubeSpawner):
 
     async def renew_credentials(self, now: dt.datetime | None = None) -> list[str]:
         """Re-issue what passed the renewal fraction of its life, patch the Secret; returns the renewed paths."""
-        access_token = self._access_token
-        get_auth_state = getattr(self.user, "get_auth_state", None)
-        if get_auth_state is not None:
-            auth_state = await get_auth_state()
-            access_token = (auth_state or {}).get("access_token") or access_token
         bundle = self._bundle
+        access_token = self._access_token
+        current = bundle.get(b.BEARER_TOKEN_PATH)
+        if current is not None and current.kind == "bearer-token":
+            # the authenticator refreshes the access token in auth_state; pass the fresh one on
+            auth_state = await self.user.get_auth_state()
+            access_token = (auth_state or {}).get("access_token") or access_token
         renewed = await asyncio.to_thread(
             self.facility.renew_bundle, self.user.name, bundle, access_token=access_token, now=now
         )

@@ -6,9 +6,11 @@ import base64
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from casa_hub import bundle as b
-from casa_hub.names import SLUG_MAX_LENGTH
+from casa_hub.names import SLUG_MAX_LENGTH, user_slug
 from casa_hub.plan import plan_session
 from casa_spawner import kube_objects as ko
 from casa_spawner.kube import CasaKubeSpawner
@@ -61,6 +63,14 @@ def test_every_object_validates_for_tricky_usernames(facility, username):
             validate_kubernetes(obj)
         assert_no_master_secret(obj)
     assert len(plan.names.slug) <= SLUG_MAX_LENGTH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_object_names_are_valid_for_any_username(username):
+    names = ko.object_names(user_slug(username))
+    for name in (names.secret, names.scheduler_secret, names.service, names.route):
+        assert DNS_1035.match(name) and len(name) <= 63, name
 
 
 def test_invalid_objects_are_refused_by_the_same_checks(facility):
