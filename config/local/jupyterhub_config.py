@@ -28,6 +28,8 @@ import secrets
 import sys
 from pathlib import Path
 
+import casa_auth
+
 c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
 
 env = os.environ.get
@@ -54,6 +56,7 @@ c.TraefikFileProviderProxy.dynamic_config_file = str(state_dir / "proxy" / "rule
 (state_dir / "proxy").mkdir(parents=True, exist_ok=True, mode=0o700)
 
 # -- who may log in -----------------------------------------------------------
+c.JupyterHub.template_paths = [casa_auth.TEMPLATE_DIR]  # the facility's login and refusal pages
 # auth_state (tokens, groups) is encrypted; without a configured key it lives as long as this hub
 # process and users log in again after a restart
 if not env("JUPYTERHUB_CRYPT_KEY"):
@@ -88,8 +91,6 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")  # the hub's own environment
 c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
-if os.geteuid() == 0:
-    c.Spawner.args = ["--allow-root"]  # notebooks run as the hub's own user on this one-machine facility
 
 # -- the facility -------------------------------------------------------------
 c.Facility.domain = env("CASA_LOCAL_DOMAIN", "localhost")
