@@ -238,6 +238,7 @@ class Demo:
                 public_paths=["/store/data"],
                 files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users}},
                 ready_timeout=min(60.0, s.start_timeout),
+                log_copy=str(s.logs_dir / "xrootd.log"),
             )
             await self.xcache.start()
             xcache_host = self.xcache.root_url

@@ -159,6 +159,12 @@ class XCacheServer(LoggingConfigurable):
     def _default_xrootd(self):
         return shutil.which("xrootd") or ""
 
+    log_copy = Unicode(
+        "",
+        config=True,
+        help="""Where to keep a copy of the server log when it stops (the run directory is deleted),
+        e.g. ``"/var/lib/casa-demo/logs/xrootd.log"``.  The log never holds a token or the secret.""",
+    )
     ready_timeout = Float(30.0, config=True, help="Seconds to wait for the server to answer HTTP before giving up.")
 
     run_dir: Path | None = None
@@ -305,4 +311,12 @@ class XCacheServer(LoggingConfigurable):
             self.log.info("XCache stand-in stopped")
         run_dir, self.run_dir = self.run_dir, None
         if run_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, run_dir, True)
+            await asyncio.to_thread(self._keep_log_and_remove, run_dir)
+
+    def _keep_log_and_remove(self, run_dir: Path) -> None:
+        if self.log_copy and (run_dir / "xrootd.log").exists():
+            try:
+                shutil.copyfile(run_dir / "xrootd.log", self.log_copy)
+            except OSError as e:
+                self.log.warning("Could not keep the xrootd log in %s: %s", self.log_copy, e)
+        shutil.rmtree(run_dir, ignore_errors=True)
