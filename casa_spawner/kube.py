@@ -54,7 +54,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import get_k8s_model
 from kubernetes_asyncio.client.models import V1Container, V1Volume, V1VolumeMount
-from traitlets import Callable, Dict, Float, Instance, List, Unicode, default, validate
+from traitlets import Callable, Dict, Float, Instance, Int, List, Unicode, default, validate
 
 from casa_hub import bundle as b
 from casa_hub.bundle import CredentialBundle, CredentialFile
@@ -159,6 +159,22 @@ class CasaKubeSpawner(KubeSpawner):
         ``<this>/credentials`` (``$CASA_CREDENTIALS``).""",
     )
 
+    credentials_uid = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Owner (uid) of the notebook's credential files; the sync and scheduler sidecars run as it.
+
+        None: the notebook container's ``runAsUser`` (``c.KubeSpawner.uid``), else 1000 (jovyan).
+        Set it when the notebook starts as root and drops to another uid (docker-stacks' ``NB_UID``).""",
+    )
+    credentials_gid = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Group of the credential files. None: the notebook's ``runAsGroup``, else 100 (users).""",
+    )
+
     @validate("credsync_interval")
     def _validate_interval(self, proposal):
         if not 0 < proposal["value"] <= 300:
@@ -236,7 +252,7 @@ class CasaKubeSpawner(KubeSpawner):
 
     async def start(self):
         if self.name:
-            raise SessionObjectError(
+            raise CasaKubeError(
                 f"named server {self.name!r}: a user has one Dask scheduler address "
                 f"({self.facility.names(self.user.name).scheduler_address}), so CasaKubeSpawner runs the default server only"
             )
@@ -260,8 +276,8 @@ class CasaKubeSpawner(KubeSpawner):
         pod = await super().get_pod_manifest()
         notebook = pod.spec.containers[0]
         sc = notebook.security_context
-        uid = getattr(sc, "run_as_user", None)
-        gid = getattr(sc, "run_as_group", None)
+        uid = self.credentials_uid if self.credentials_uid is not None else getattr(sc, "run_as_user", None)
+        gid = self.credentials_gid if self.credentials_gid is not None else getattr(sc, "run_as_group", None)
         parts = ko.session_pod_parts(self._plan, self.session_options(uid, gid))
         pod.metadata.labels = {**(pod.metadata.labels or {}), **parts.labels}
         pod.spec.init_containers = [get_k8s_model(V1Container, c) for c in parts.init_containers] + list(pod.spec.init_containers or [])

@@ -17,7 +17,7 @@ from traitlets.config import Config
 
 from casa_hub import bundle as b
 from casa_spawner import kube_objects as ko
-from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError, SessionObjectError
+from casa_spawner.kube import CasaKubeError, CasaKubeSpawner, SessionCleanupError, SessionObjectError
 from casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
 from fake_kube.spawners import make_spawner, reset_kubespawner
 
@@ -246,7 +246,7 @@ async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart
 async def test_named_servers_are_refused_clearly(make):
     sp = await make()
     sp.orm_spawner = SimpleNamespace(name="gpu", display_name="gpu", server=None)  # what the hub's ORM row gives
-    with pytest.raises(SessionObjectError, match="default server only"):
+    with pytest.raises(CasaKubeError, match="default server only"):
         await sp.start()
 
 
@@ -268,12 +268,19 @@ async def test_traits_come_from_config(make):
     cfg.CasaKubeSpawner.ingress_route_group = "traefik.containo.us"
     cfg.CasaKubeSpawner.ingress_route_entry_points = ["dask", "dask2"]
     cfg.CasaKubeSpawner.credsync_image = "example.org/casa-hub:1"
+    cfg.CasaKubeSpawner.uid = 0  # a notebook that starts as root and drops to NB_UID
+    cfg.CasaKubeSpawner.credentials_uid = 1001
     sp = await make(config=cfg)
     opts = sp.session_options()
     assert opts.route_api_version == "traefik.containo.us/v1alpha1"
     assert opts.route_entry_points == ("dask", "dask2")
     assert opts.credsync_image == "example.org/casa-hub:1"
     assert opts.scheduler_image == sp.image  # empty: the notebook image
+    await planned(sp)
+    pod = await sp.get_pod_manifest()
+    sync = next(c for c in pod.spec.containers if c.name == "casa-credsync")
+    assert sync.command[sync.command.index("--uid") + 1] == "1001"
+    assert sync.command[sync.command.index("--gid") + 1] == "100"
 
     cfg.CasaKubeSpawner.credsync_interval = 0
     with pytest.raises(ValueError, match="credsync_interval must be within"):
