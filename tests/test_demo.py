@@ -233,6 +233,29 @@ def test_alice_logs_in_and_gets_jupyterlab(demo):
     assert (demo.state_dir / "traefik" / "routes" / "casa-dask-alice.yml").is_file()
 
 
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_bob_logs_in_with_a_browser_and_gets_jupyterlab(demo):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(150_000)
+            page.goto(f"{demo.url}/hub/login")
+            page.fill("#username_input", "bob")
+            page.fill("#password_input", "bob's demo password")
+            page.click("#login_submit")
+            page.wait_for_url(re.compile(r".*/user/bob/lab.*"))
+            page.wait_for_selector("#jp-main-dock-panel")  # JupyterLab itself has rendered
+        finally:
+            browser.close()
+    demo.remember_processes()
+
+
 def test_alice_reaches_her_scheduler_through_traefik(demo):
     creds = alice_credentials(demo)
     connection = SchedulerConnection(
