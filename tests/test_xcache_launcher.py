@@ -116,10 +116,12 @@ async def test_stop_ends_the_process_and_removes_files(secret_file, tmp_path):
     srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40, log_copy=str(tmp_path / "xrootd.log"))
     await srv.start()
     pid, run_dir, port = srv.process.pid, srv.run_dir, srv.port
-    if os.geteuid() == 0:  # xrootd refuses root; -R switches its effective uid (real and saved stay 0)
-        effective_uid = next(line.split()[2] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:"))
-        assert int(effective_uid) == pwd.getpwnam("nobody").pw_uid
-    await srv.stop()
+    try:
+        if os.geteuid() == 0:  # xrootd refuses root; -R switches its effective uid (real and saved stay 0)
+            effective_uid = next(line.split()[2] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:"))
+            assert int(effective_uid) == pwd.getpwnam("nobody").pw_uid
+    finally:
+        await srv.stop()
     await srv.stop()  # idempotent
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
