@@ -217,10 +217,12 @@ class Demo:
             return 0
         finally:
             stopping.cancel()
+            started = self._lock_fd is not None
             await self.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            self.say("casa demo stopped.")
+            if started:
+                self.say("casa demo stopped.")
 
     async def start(self) -> None:
         s = self.settings
@@ -287,8 +289,8 @@ class Demo:
         self._lock_fd = fd
         for d in (s.logs_dir, s.routes_dir, s.secret_file.parent):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in s.routes_dir.glob("*.yml"):  # routes of sessions a crashed demo left behind
-            stale.unlink()
+        # routes and sessions a crashed run left behind are the hub's to find again or clean up
+        # (CasaLocalSpawner.load_state/poll), so they are left alone here
 
     async def _wait_for_login_page(self) -> None:
         url = self.settings.public_url + "hub/login"

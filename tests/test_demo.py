@@ -421,3 +421,18 @@ def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
             assert CLIENT_SECRET not in running.output()
         finally:
             stop_demo(running)
+
+
+def test_a_part_dying_stops_the_rest_and_exits_nonzero(tmp_path):
+    running = start_demo(tmp_path, "--no-xcache")
+    try:
+        traefik = [pid for pid in running.seen_pids
+                   if str(running.state_dir / "traefik" / "traefik.yml").encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(traefik) == 1
+        os.kill(traefik[0], signal.SIGKILL)
+        assert running.process.wait(90) == 1
+        assert "Traefik exited unexpectedly" in running.output()
+        assert leftovers(running) == []
+        assert port_is_free(running.port)
+    finally:
+        stop_demo(running)
