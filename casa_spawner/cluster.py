@@ -137,22 +137,35 @@ class WorkerLauncher(abc.ABC):
 class LocalProcessWorkers(WorkerLauncher):
     """Each worker a ``dask worker`` process on this machine (the stand-in for batch jobs)."""
 
-    def __init__(self, nthreads: int = 1, memory_limit: str = "auto", stop_timeout: float = 10.0):
+    def __init__(self, nthreads: int = 1, memory_limit: str = "auto", stop_timeout: float = 10.0,
+                 log_dir: str | os.PathLike | None = None):
         self.nthreads = nthreads
         self.memory_limit = memory_limit
         self.stop_timeout = stop_timeout
+        self.log_dir = log_dir  #: each worker's output goes to ``<log_dir>/<name>.log`` (else discarded)
         self._procs: dict[str, subprocess.Popen] = {}
+        self._gone: dict[str, subprocess.Popen] = {}
 
     def launch(self, names, connection):
         for name in names:
-            self._procs[name] = subprocess.Popen(
-                connection.worker_command(name, self.nthreads, self.memory_limit),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            cmd = connection.worker_command(name, self.nthreads, self.memory_limit)
+            if self.log_dir is None:
+                out = subprocess.DEVNULL
+            else:
+                os.makedirs(self.log_dir, exist_ok=True)
+                out = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+            try:
+                self._procs[name] = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            finally:
+                if out is not subprocess.DEVNULL:
+                    out.close()
 
     def stop(self, names):
-        procs = [self._procs.pop(n) for n in names if n in self._procs]
+        stopping = {n: self._procs.pop(n) for n in names if n in self._procs}
+        self._gone.update(stopping)
+        procs = list(stopping.values())
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -164,10 +177,13 @@ class LocalProcessWorkers(WorkerLauncher):
                 proc.wait()
 
     def running(self):
-        return [n for n, p in self._procs.items() if p.poll() is None]
+        for name in [n for n, p in self._procs.items() if p.poll() is not None]:
+            self._gone[name] = self._procs.pop(name)  # exited by itself: remembered for pids()
+        return list(self._procs)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values()]
+        """Process ids of every worker launched so far (running or not)."""
+        return [p.pid for p in (*self._gone.values(), *self._procs.values())]
 
 
 class CasaCluster:

@@ -132,8 +132,8 @@ def test_scale_asks_the_launcher_for_the_difference():
     assert launcher.workers == []
 
 
-def test_local_workers_join_compute_and_leave(scheduler):
-    cluster = CasaCluster(scheduler, LocalProcessWorkers())
+def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
+    cluster = CasaCluster(scheduler, LocalProcessWorkers(log_dir=tmp_path / "workers"), name_prefix="w")
     try:
         cluster.scale(2)
         with cluster.get_client(timeout="30s") as client:
@@ -151,6 +151,7 @@ def test_local_workers_join_compute_and_leave(scheduler):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    assert "Registered to" in (tmp_path / "workers" / "w-0.log").read_text()
 
 
 def test_adapt_follows_the_scheduler_within_bounds(scheduler):
