@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 from types import SimpleNamespace
 
 import aiohttp
@@ -179,6 +180,20 @@ async def test_every_delete_failing_reports_all_of_them(make):
         await asyncio.wait_for(sp.delete_session_objects(), 30)
     for name in ["IngressRouteTCP casa-dask-alice", "Service casa-dask-alice", "Secret casa-creds-alice", "Secret casa-scheduler-alice"]:
         assert name in str(err.value)
+
+
+async def test_logs_name_objects_never_credentials(make, caplog):
+    caplog.set_level(logging.DEBUG)
+    core = RecordingApi(create_namespaced_secret=[api_error(409), api_error(500)])
+    sp = await planned(await make(core=core))
+    await sp.create_session_objects(POD)
+    await sp.renew_credentials(now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3))
+    await sp.delete_session_objects()
+    assert "casa-creds-alice" in caplog.text
+    assert_no_master_secret(caplog.text)
+    for f in sp._bundle.files:
+        token = f.content.strip().splitlines()[-2 if f.content.startswith(b"-----") else 0]
+        assert token.decode() not in caplog.text
 
 
 async def test_renewal_patches_only_the_reissued_tokens(make):
