@@ -30,6 +30,7 @@ from traitlets import Float, Instance, Unicode, default
 
 from casa_hub import bundle as b
 from casa_hub.bundle import CredentialBundle, CredentialFile
+from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
@@ -156,6 +157,11 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self):
+        if self.name:
+            raise ConfigurationError(
+                f"CasaLocalSpawner runs one session per user (one scheduler named <slug>.dask.<domain>); "
+                f"named server {self.name!r} cannot have its own: turn off c.JupyterHub.allow_named_servers"
+            )
         names = self.facility.names(self.user.name)
         self.session_dir = os.path.join(self.state_dir, "users", names.slug)
         try:
@@ -245,8 +251,12 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     async def _renew_credentials(self) -> None:
         if self.bundle is None:
             return
-        access_token = await self._access_token()
-        renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
+        try:
+            access_token = await self._access_token()
+            renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
+        except Exception as exc:  # the current credentials stay valid until they expire: try again next poll
+            self.log.error("Could not renew credentials of %s: %s", self._log_name, exc)
+            return
         if renewed is not None:
             await asyncio.to_thread(self._write_credentials, renewed)
             self.bundle = renewed

@@ -54,12 +54,12 @@ def macaroon_secret(tmp_path):
 def make_spawner(tmp_path, macaroon_secret):
     made = []
 
-    def make(name="alice", **facility_kw):
+    def make(name="alice", spawner_class=CasaLocalSpawner, **facility_kw):
         facility = Facility(
             domain="casa.test", macaroon_secret_file=str(macaroon_secret), xcache_site="CASA_TEST",
             xcache_paths=["/store/user/{username}"], **facility_kw,
         )
-        spawner = CasaLocalSpawner(
+        spawner = spawner_class(
             user=FakeUser(name), hub=Hub(), cmd=NOTEBOOK, facility=facility,
             state_dir=str(tmp_path / "state"), routes_dir=str(tmp_path / "routes"),
             scheduler_connect_host="127.0.0.1",
@@ -261,3 +261,31 @@ async def test_a_scheduler_that_cannot_start_fails_the_start_cleanly(make_spawne
         await spawner.start()
     assert leftovers(tmp_path) == []
     assert spawner.scheduler_pid == 0 and not spawner.pid
+
+
+class NamedServerSpawner(CasaLocalSpawner):
+    """A spawner for the named server ``gpu`` (JupyterHub takes the name from its database row)."""
+
+    name = "gpu"
+
+
+async def test_named_servers_are_refused_clearly(make_spawner, tmp_path):
+    spawner = make_spawner(spawner_class=NamedServerSpawner)
+    with pytest.raises(ConfigurationError, match="one session per user"):
+        await spawner.start()
+    assert leftovers(tmp_path) == [] and not spawner.pid
+
+
+async def test_a_failed_renewal_keeps_the_session_and_its_credentials(make_spawner, tmp_path, caplog):
+    spawner = make_spawner(xcache_token_lifetime=60, renew_fraction=0.01)
+    await spawner.start()
+    token_file = Path(spawner.credentials_dir) / "bearer_token"
+    before = token_file.read_bytes()
+    spawner.facility.macaroon_secret_file = str(tmp_path / "gone")
+    spawner.facility._macaroon_secret = None  # as if the hub had restarted: the file is read again
+    await asyncio.sleep(1.1)
+    assert await spawner.poll() is None
+    assert token_file.read_bytes() == before
+    assert "Could not renew credentials of" in caplog.text
+    await spawner.stop(now=True)
+    assert leftovers(tmp_path) == []
