@@ -20,23 +20,9 @@ Lifecycle (KubeSpawner's own steps in brackets):
 6. ``stop``: [delete the pod]; then delete every extra object, each on its own (404
    is fine; one failure does not skip the next), and report what could not be deleted.
 
-Kubernetes API calls made here, beyond KubeSpawner's pod/event calls (note for the
-fake API server in tests/fake_kube):
-
-- ``POST   /api/v1/namespaces/{ns}/secrets``                create
-- ``PUT    /api/v1/namespaces/{ns}/secrets/{name}``         replace after a 409
-- ``PATCH  /api/v1/namespaces/{ns}/secrets/{name}``         renewal, strategic-merge ``{"data": {...}}``
-- ``DELETE /api/v1/namespaces/{ns}/secrets/{name}``
-- ``POST   /api/v1/namespaces/{ns}/services``
-- ``PATCH  /api/v1/namespaces/{ns}/services/{name}``        after a 409, ``application/merge-patch+json``
-- ``DELETE /api/v1/namespaces/{ns}/services/{name}``
-- ``POST   /apis/{group}/{version}/namespaces/{ns}/{plural}``            (IngressRouteTCP)
-- ``PATCH  /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}``     after a 409, merge-patch
-- ``DELETE /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}``
-
-Timeouts and 5xx/429 answers are retried with ``jupyterhub.utils.exponential_backoff``
-(each request bounded by ``k8s_api_request_timeout``, all retries by
-``k8s_api_request_retry_timeout``); other errors fail at once with a clear message.
+Kubernetes API calls beyond KubeSpawner's pods and events: core v1 Secrets and Services,
+and CustomObjectsApi for the IngressRouteTCP; the list, and the retry pattern, are in
+``casa_spawner.kube_api``.
 """
 
 from __future__ import annotations
@@ -45,11 +31,9 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
-from functools import partial
 
 import aiohttp
-from jupyterhub.utils import exponential_backoff, maybe_future
-from kubernetes_asyncio.client.rest import ApiException
+from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import get_k8s_model
@@ -62,26 +46,11 @@ from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
 from . import kube_objects as ko
+from .kube_api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
 
-MERGE_PATCH = "application/merge-patch+json"
-RETRIABLE = {429, 500, 502, 503, 504}
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
 
-
-class CasaKubeError(RuntimeError):
-    """A session could not be started or stopped; the message says what failed."""
-
-
-class SessionObjectError(CasaKubeError):
-    """Kubernetes refused one of the session's objects; the message says which and why."""
-
-
-class SessionCleanupError(CasaKubeError):
-    """Some of the session's objects could not be deleted on stop (each was tried)."""
-
-
-def _api_reason(e: ApiException) -> str:
-    return f"{e.status} {e.reason or ''}".strip()
+__all__ = ["CasaKubeSpawner", "CasaKubeError", "SessionObjectError", "SessionCleanupError"]
 
 
 async def _run_casa_after_pod_created(spawner, pod):
@@ -303,16 +272,12 @@ class CasaKubeSpawner(KubeSpawner):
 
     async def create_session_objects(self, pod: dict) -> None:
         """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``."""
+        api = self.session_api
         for obj in self.build_session_objects(pod["metadata"]["uid"]):
-            kind, name = obj["kind"], obj["metadata"]["name"]
-            await exponential_backoff(
-                partial(self._create_or_replace, obj),
-                f"Could not create {kind} {name} in {self.k8s_api_request_retry_timeout} seconds",
-                timeout=self.k8s_api_request_retry_timeout,
-            )
-            self.log.info("Created %s %s for %s", kind, name, self.user.name)
+            await api.ensure(obj)
+            self.log.info("Created %s %s for %s", obj["kind"], obj["metadata"]["name"], self.user.name)
 
-    # -- API calls ------------------------------------------------------------
+    # -- API clients ------------------------------------------------------------
 
     _custom_api = None
 
@@ -327,105 +292,29 @@ class CasaKubeSpawner(KubeSpawner):
     def custom_api(self, client):
         self._custom_api = client
 
-    def _route_args(self) -> dict:
-        return dict(
-            group=self.ingress_route_group,
-            version=self.ingress_route_version,
+    @property
+    def session_api(self) -> SessionObjectsApi:
+        return SessionObjectsApi(
+            core=self.api,
+            custom=self.custom_api,
             namespace=self.namespace,
-            plural=self.ingress_route_plural,
+            route=RouteResource(self.ingress_route_group, self.ingress_route_version, self.ingress_route_plural),
+            request_timeout=self.k8s_api_request_timeout,
+            retry_timeout=self.k8s_api_request_retry_timeout,
+            log=self.log,
         )
-
-    def _create_call(self, obj: dict):
-        kind = obj["kind"]
-        if kind == "Secret":
-            return self.api.create_namespaced_secret(self.namespace, obj)
-        if kind == "Service":
-            return self.api.create_namespaced_service(self.namespace, obj)
-        return self.custom_api.create_namespaced_custom_object(body=obj, **self._route_args())
-
-    def _replace_call(self, obj: dict):
-        """Secrets are replaced whole (no stale keys); the others get a merge patch
-        (a Service's clusterIP is immutable, a custom object's PUT needs a resourceVersion)."""
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind == "Secret":
-            return self.api.replace_namespaced_secret(name, self.namespace, obj)
-        if kind == "Service":
-            return self.api.patch_namespaced_service(name, self.namespace, obj, _content_type=MERGE_PATCH)
-        return self.custom_api.patch_namespaced_custom_object(name=name, body=obj, _content_type=MERGE_PATCH, **self._route_args())
-
-    def _delete_call(self, kind: str, name: str):
-        if kind == "Secret":
-            return self.api.delete_namespaced_secret(name, self.namespace)
-        if kind == "Service":
-            return self.api.delete_namespaced_service(name, self.namespace)
-        return self.custom_api.delete_namespaced_custom_object(name=name, **self._route_args())
-
-    async def _request(self, call) -> None:
-        await asyncio.wait_for(call, self.k8s_api_request_timeout)
-
-    async def _create_or_replace(self, obj: dict) -> bool:
-        """One attempt, for exponential_backoff: True when done, False to retry."""
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        try:
-            try:
-                await self._request(self._create_call(obj))
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                self.log.info("%s %s exists, replacing it", kind, name)
-                await self._request(self._replace_call(obj))
-            return True
-        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
-            # the object may have been created all the same: the retry meets a 409 and replaces it
-            self.log.warning("No answer creating %s %s (%s), retrying", kind, name, type(e).__name__)
-            return False
-        except ApiException as e:
-            if e.status in RETRIABLE or e.status == 404:  # 404: deleted between our 409 and the replace
-                self.log.warning("Kubernetes answered %s creating %s %s, retrying", _api_reason(e), kind, name)
-                return False
-            raise SessionObjectError(f"Kubernetes refused {kind} {name}: {_api_reason(e)}") from None
-
-    async def _delete_attempt(self, kind: str, name: str) -> bool:
-        try:
-            await self._request(self._delete_call(kind, name))
-            return True
-        except (asyncio.TimeoutError, aiohttp.ClientError):
-            return False
-        except ApiException as e:
-            if e.status == 404:
-                return True
-            if e.status in RETRIABLE:
-                self.log.warning("Kubernetes answered %s deleting %s %s, retrying", _api_reason(e), kind, name)
-                return False
-            raise SessionObjectError(f"Kubernetes refused to delete {kind} {name}: {_api_reason(e)}") from None
 
     # -- stop -----------------------------------------------------------------
 
     async def delete_session_objects(self) -> None:
         """Delete route, Service and Secrets, each on its own; raise once at the end if any failed."""
         names = self.session_names
-        failures = []
-        for kind, name in [
+        await self.session_api.delete_each([
             ("IngressRouteTCP", names.route),
             ("Service", names.service),
             ("Secret", names.secret),
             ("Secret", names.scheduler_secret),
-        ]:
-            try:
-                await exponential_backoff(
-                    partial(self._delete_attempt, kind, name),
-                    f"{kind} {name} not deleted in {self.k8s_api_request_retry_timeout} seconds",
-                    timeout=self.k8s_api_request_retry_timeout,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.log.error("Could not delete %s %s of %s: %s", kind, name, self.user.name, e)
-                failures.append(f"{kind} {name} ({e})")
-        if failures:
-            raise SessionCleanupError(
-                f"could not delete {'; '.join(failures)}; they are owned by the pod and will be garbage-collected with it"
-            )
+        ])
 
     async def stop(self, now=False):
         # no clearing of the plan here: KubeSpawner itself calls stop() in the middle of a
@@ -466,13 +355,8 @@ class CasaKubeSpawner(KubeSpawner):
         if not changed:
             self._bundle = renewed
             return []
-        body = {"data": {f.key: base64.b64encode(f.content).decode("ascii") for f in changed}}
-        name = self.session_names.secret
-        await exponential_backoff(
-            partial(self._patch_secret_attempt, name, body),
-            f"Could not patch Secret {name} in {self.k8s_api_request_retry_timeout} seconds",
-            timeout=self.k8s_api_request_retry_timeout,
-        )
+        data = {f.key: base64.b64encode(f.content).decode("ascii") for f in changed}
+        await self.session_api.patch_secret_data(self.session_names.secret, data)
         self._bundle = renewed
         if self._plan is not None:
             self._plan = dataclasses.replace(self._plan, bundle=renewed)
@@ -480,17 +364,6 @@ class CasaKubeSpawner(KubeSpawner):
         paths = [f.path for f in changed]
         self.log.info("Renewed %s for %s", ", ".join(paths), self.user.name)
         return paths
-
-    async def _patch_secret_attempt(self, name: str, body: dict) -> bool:
-        try:
-            await self._request(self.api.patch_namespaced_secret(name, self.namespace, body))
-            return True
-        except (asyncio.TimeoutError, aiohttp.ClientError):
-            return False
-        except ApiException as e:
-            if e.status in RETRIABLE:
-                return False
-            raise SessionObjectError(f"Kubernetes refused the renewal of Secret {name}: {_api_reason(e)}") from None
 
     # -- state (expiry metadata only: never a credential) ----------------------
 

@@ -17,7 +17,6 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from casa_hub import bundle as b
-from casa_spawner import kube_objects as ko
 from casa_spawner.kube import CasaKubeError, CasaKubeSpawner, SessionCleanupError, SessionObjectError
 from casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
 from fake_kube.spawners import make_spawner, reset_kubespawner
