@@ -20,9 +20,16 @@ Lifecycle (KubeSpawner's own steps in brackets):
 6. ``stop``: [delete the pod]; then delete every extra object, each on its own (404
    is fine; one failure does not skip the next), and report what could not be deleted.
 
-Kubernetes API calls beyond KubeSpawner's pods and events: core v1 Secrets and Services,
-and CustomObjectsApi for the IngressRouteTCP; the list, and the retry pattern, are in
-``casa_spawner.kube_api``.
+Kubernetes API calls beyond KubeSpawner's pods and events (made by ``casa_spawner.kube_api``,
+which also holds the retry pattern; the fake API in tests/fake_kube answers them):
+
+- ``POST /api/v1/namespaces/{ns}/secrets``; ``PUT .../secrets/{name}`` (replace after a 409);
+  ``PATCH .../secrets/{name}`` (renewal, strategic merge of ``data``); ``DELETE .../secrets/{name}``
+- ``POST /api/v1/namespaces/{ns}/services``; ``PATCH .../services/{name}`` (after a 409,
+  ``application/merge-patch+json``); ``DELETE .../services/{name}``
+- ``POST /apis/{group}/{version}/namespaces/{ns}/{plural}`` (IngressRouteTCP, default
+  ``traefik.io/v1alpha1``, ``ingressroutetcps``); ``PATCH .../{name}`` (after a 409, merge patch);
+  ``DELETE .../{name}``
 """
 
 from __future__ import annotations
