@@ -24,6 +24,7 @@ from kubespawner import KubeSpawner
 from casa_spawner.kube import CasaKubeSpawner
 
 from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
+from fake_kube.scan import leaks
 from fake_kube.spawners import make_spawner
 
 REQUEST_TIMEOUT = 1
@@ -222,11 +223,13 @@ async def test_plain_kubespawner_under_faults(kube):
 
 
 @pytest.mark.timeout(240)
-async def test_casa_kubespawner_under_faults(kube, facility):
+async def test_casa_kubespawner_under_faults(kube, facility, master_secrets):
     flavour = casa_flavour(facility)
     users = ["alice", "Bob", "carol.o'neil", "dave@cern.ch", "erin", "frank"]
     outcomes, failures = await run_rounds(kube, flavour, users, rounds=30, seed=44)
     print("CasaKubeSpawner under faults:", outcomes, {type(e).__name__ for *_, e in failures})
     await assert_nothing_left(kube, flavour.resources)
     assert_clear(failures)
+    # retries, replaces after 409s and patches included: no master secret was ever sent
+    assert leaks(master_secrets, kube.requests) == []
     assert outcomes["started"] > 0 and outcomes["failed"] > 0, outcomes

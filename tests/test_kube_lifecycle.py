@@ -143,6 +143,24 @@ async def test_casa_restart_replaces_leftovers_of_a_crashed_hub(kube, facility):
     assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
 
 
+async def test_casa_start_over_a_whole_leftover_session(kube, facility):
+    """The hub crashed and left everything, pod included: the new start replaces it all (pod 409 path)."""
+    kube.set_garbage_collection(False)
+    first = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(first.start(), 60)
+    old_uid = kube.get("pods", "default", first.pod_name)["metadata"]["uid"]
+
+    second = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(second.start(), 60)
+    pod = kube.get("pods", "default", second.pod_name)
+    assert pod["metadata"]["uid"] != old_uid and pod["status"]["phase"] == "Running"
+    for resource in EXTRA:
+        objs = kube.objects(resource)
+        assert objs and all(o["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"] for o in objs), resource
+    await asyncio.wait_for(second.stop(), 30)
+    assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
+
+
 async def test_casa_stop_with_failing_deletes_says_what_is_left_and_gc_collects_it(kube, facility):
     spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, k8s_api_request_retry_timeout=2)
     await asyncio.wait_for(spawner.start(), 60)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import datetime as dt
 import json
 import logging
@@ -27,59 +26,12 @@ from cryptography.hazmat.primitives import serialization
 
 from casa_spawner.kube import CasaKubeSpawner
 from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
+from fake_kube.scan import documents, forbidden, leaks
 from fake_kube.spawners import make_spawner
 
 USERS = ("alice", "Bob.Smith@cern.ch")
 PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
-def encoded_forms(secret: bytes) -> set[bytes]:
-    """The secret raw, hex, and base64 (standard and URL-safe) at each of the 3 alignments it
-    can have inside a longer base64 text (the last 4 characters depend on what follows)."""
-    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        for shift in range(3):
-            forms.add(encode(secret[shift:])[:-4])
-    return forms
-
-
-def forbidden(master) -> dict[str, set[bytes]]:
-    out = {}
-    for label, secret in (("signing key", master.signing_key), ("macaroon secret", master.macaroon_secret)):
-        forms = encoded_forms(secret)
-        forms |= encoded_forms(base64.b64encode(secret))  # the macaroon secret's file is itself base64
-        out[label] = forms
-    return out
-
-
-def documents(request):
-    """(where, bytes) pairs: the request line and body, and every base64 string in the body decoded."""
-    where = f"{request.method} {request.path}"
-    yield where + " (path/query)", (request.path + "?" + request.query).encode()
-    yield where + " (body)", request.body
-    try:
-        body = json.loads(request.body or b"null")
-    except ValueError:
-        return
-    if isinstance(body, dict) and (body.get("metadata") or {}).get("name"):
-        where += f" [{body['metadata']['name']}]"
-
-    def walk(node, trail):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from walk(v, trail + [str(k)])
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                yield from walk(v, trail + [str(i)])
-        elif isinstance(node, str) and len(node) >= 16:
-            try:
-                decoded = base64.b64decode(node, validate=True)
-            except (binascii.Error, ValueError):
-                return
-            yield f"{where} {'.'.join(trail)} (base64-decoded)", decoded
-
-    yield from walk(body, [])
 
 
 def public_der(key) -> bytes:
@@ -106,17 +58,14 @@ async def test_no_master_secret_reaches_the_api_logs_or_state(kube, facility, ma
     requests = kube.requests
     assert any(r.method == "PATCH" and "/secrets/" in r.path for r in requests), "no renewal was sent"
 
-    leaks = []
+    found = leaks(master_secrets, requests)
     for label, forms in forbidden(master_secrets).items():
-        for request in requests:
-            for where, data in documents(request):
-                leaks += [(label, where) for form in forms if form in data]
         for form in forms:
             if form.decode("latin-1") in caplog.text:
-                leaks.append((label, "log"))
+                found.append((label, "log"))
             if any(form.decode("latin-1") in state for state in states):
-                leaks.append((label, "spawner state"))
-    assert not leaks, f"master secrets sent: {sorted(set(leaks))[:10]}"
+                found.append((label, "spawner state"))
+    assert not found, f"master secrets sent: {sorted(set(found))[:10]}"
 
 
 async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only_to_the_scheduler(kube, facility):
