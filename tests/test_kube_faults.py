@@ -4,7 +4,7 @@ Each round draws (from a seeded generator) a way for the API to fail — 500s,
 requests that outlast the client's timeout, dropped connections, a create that
 succeeds but whose answer is lost (so the retry meets a 409), the n-th create of
 a spawn failing (the API failing between two creates), leftovers of an earlier
-session, failing deletes — and starts, polls and stops a few users at once.
+session, failing deletes, watch streams cut — and starts, polls and stops a few users at once.
 A spawn must either succeed (its pod Running, ``poll()`` None) or raise an
 exception whose text names what failed; after a final stop with a healthy API
 nothing of any user is left in the store.
@@ -59,6 +59,7 @@ def fault_menu(rng: random.Random, ns: str = "default"):
         ("deletes fail", [dict(method="DELETE", path=item, status=500, probability=0.5)]),
         ("deletes outlast the timeout", [dict(method="DELETE", path=item, status=None, delay=REQUEST_TIMEOUT + 0.5, probability=0.3)]),
         ("leftovers of an earlier session", []),
+        ("watch streams cut", [dict(method="GET", path=rf"/namespaces/{ns}/(pods|events)$", query=r"watch=", drop=True, probability=0.5)]),
     ]
     return rng.choice(choices)
 
@@ -135,6 +136,8 @@ async def run_rounds(kube, flavour: Flavour, users: list[str], rounds: int, seed
                         pass  # already there from a failed round: just as good
         for rule in rules:
             kube.inject(**rule)
+        if what == "watch streams cut":
+            assert kube.cut_watches() > 0  # the reflectors' streams break; half their reconnects fail
         round_users = rng.sample(users, k=rng.randint(1, len(users)))
         started = time.monotonic()
 

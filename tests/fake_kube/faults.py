@@ -1,7 +1,7 @@
 """Fault injection rules for the fake API server.
 
-A rule matches requests by method and a regular expression searched in the
-path, and then answers with an error status, sleeps (past the client's
+A rule matches requests by method and regular expressions searched in the
+path (and optionally the query string), and then answers with an error status, sleeps (past the client's
 timeout), or drops the connection.  ``nth`` fails only the n-th matching
 request, ``times`` limits how often a rule fires, ``probability`` makes it
 fire at random from the fake's seeded generator, and ``after=True`` applies
@@ -32,6 +32,7 @@ class Fault:
 
     path: str = ""
     method: str | None = None
+    query: str | None = None
     status: int | None = 500
     delay: float = 0.0
     drop: bool = False
@@ -44,11 +45,16 @@ class Fault:
 
     def __post_init__(self):
         self._path = re.compile(self.path)
+        self._query = re.compile(self.query) if self.query is not None else None
         if self.method:
             self.method = self.method.upper()
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and bool(self._path.search(path))
+    def matches(self, method: str, path: str, query: str = "") -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and bool(self._path.search(path))
+            and (self._query is None or bool(self._query.search(query)))
+        )
 
     def describe(self) -> str:
         what = "drop" if self.drop else (f"delay {self.delay}s" if self.delay and not self.status else f"status {self.status}")
@@ -77,11 +83,11 @@ class FaultRules:
         with self._lock:
             self._rules.clear()
 
-    def pick(self, method: str, path: str, after: bool) -> Fault | None:
+    def pick(self, method: str, path: str, after: bool, query: str = "") -> Fault | None:
         """The first rule that fires for this request at this stage, counting it."""
         with self._lock:
             for rule in self._rules:
-                if rule.after != after or not rule.matches(method, path):
+                if rule.after != after or not rule.matches(method, path, query):
                     continue
                 rule.seen += 1
                 if rule.nth is not None and rule.seen != rule.nth:

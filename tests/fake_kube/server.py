@@ -99,7 +99,7 @@ class FakeKubeApp:
         self.requests: list[Request] = []
         self._ip_counter = 0
         self._tasks: set[asyncio.Task] = set()
-        self._watch_tasks: set[asyncio.Task] = set()
+        self._watch_tasks: dict[asyncio.Task, web.Request] = {}
         for ns in namespaces:
             self.store.create("namespaces", "", {"metadata": {"name": ns}, "status": {"phase": "Active"}}, "Namespace")
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -183,6 +183,13 @@ class FakeKubeApp:
             objects[res] = objects.get(res, 0) + 1
         return web.json_response({"requests": len(self.requests), "by_method": counts, "objects": objects})
 
+    def cut_watches(self) -> int:
+        """Abort every open watch connection, as an API server restart does."""
+        for request in list(self._watch_tasks.values()):
+            if request.transport is not None:
+                request.transport.abort()
+        return len(self._watch_tasks)
+
     async def _on_shutdown(self, app) -> None:
         for task in list(self._watch_tasks) + list(self._tasks):
             task.cancel()
@@ -194,7 +201,7 @@ class FakeKubeApp:
         )
         if self.latency:
             await asyncio.sleep(self.latency)
-        fault = self.faults.pick(request.method, request.path, after=False)
+        fault = self.faults.pick(request.method, request.path, after=False, query=request.query_string)
         if fault is not None:
             early = await self._apply_fault(request, fault)
             if early is not None:
@@ -203,7 +210,7 @@ class FakeKubeApp:
             response = await self._dispatch(request, body)
         except ApiError as e:
             response = web.json_response(e.status(), status=e.code)
-        fault = self.faults.pick(request.method, request.path, after=True)
+        fault = self.faults.pick(request.method, request.path, after=True, query=request.query_string)
         if fault is not None:
             late = await self._apply_fault(request, fault)
             if late is not None:
@@ -371,7 +378,7 @@ class FakeKubeApp:
 
         self.store.listeners.add(listener)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        self._watch_tasks.add(asyncio.current_task())
+        self._watch_tasks[asyncio.current_task()] = request
         try:
             await response.prepare(request)
             for item in backlog:
@@ -390,7 +397,7 @@ class FakeKubeApp:
             pass
         finally:
             self.store.listeners.discard(listener)
-            self._watch_tasks.discard(asyncio.current_task())
+            self._watch_tasks.pop(asyncio.current_task(), None)
         try:
             await response.write_eof()
         except Exception:
@@ -496,6 +503,10 @@ class FakeKube:
 
     def clear_requests(self) -> None:
         self.app.requests.clear()
+
+    def cut_watches(self) -> int:
+        """Abort every open watch stream; returns how many there were."""
+        return self.call(self.app.cut_watches)
 
     def set_latency(self, seconds: float) -> None:
         self.app.latency = seconds

@@ -137,3 +137,26 @@ async def test_fault_rules(api, fake_kube):
     assert "disconnect" in str(e.value).lower()
     bodies = [r.body for r in fake_kube.requests if r.method == "POST"]
     assert len(bodies) == 4 and all(b'"name": "' in b or b'"name":"' in b for b in bodies)
+
+
+async def test_cut_watches_breaks_open_streams_and_query_rules_match(api, fake_kube):
+    core, _ = api
+    fake_kube.inject(method="GET", path=r"/pods$", query=r"watch=", status=500, times=1)
+    await core.list_namespaced_pod("default")  # a plain list is not matched
+    w = watch.Watch()
+
+    async def consume():
+        async with w.stream(core.list_namespaced_pod, "default", resource_version="1", timeout_seconds=30) as stream:
+            async for _ in stream:
+                pass
+
+    with pytest.raises(ApiException):  # the first watch request meets the rule
+        await asyncio.wait_for(consume(), 5)
+    task = asyncio.ensure_future(consume())
+    for _ in range(100):
+        if await asyncio.to_thread(fake_kube.cut_watches):
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(Exception) as e:
+        await asyncio.wait_for(task, 5)
+    assert not isinstance(e.value, asyncio.TimeoutError)
