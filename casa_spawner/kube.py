@@ -368,6 +368,9 @@ class CasaKubeSpawner(KubeSpawner):
         if self._plan is not None:
             self._plan = dataclasses.replace(self._plan, bundle=renewed)
         self._access_token = access_token
+        if self.orm_spawner is not None:  # the new expiry times survive a hub restart
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
         paths = [f.path for f in changed]
         self.log.info("Renewed %s for %s", ", ".join(paths), self.user.name)
         return paths

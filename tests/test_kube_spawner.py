@@ -257,6 +257,18 @@ async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart
     assert all(base64.b64decode(v).strip() for v in data.values())  # real tokens, never the placeholders
 
 
+async def test_renewed_expiry_times_are_saved_in_the_hub_database(make):
+    sp = await planned(await make())
+    commits = []
+    sp.orm_spawner = SimpleNamespace(name="", display_name="", server=None, state=None)
+    sp.db = SimpleNamespace(commit=lambda: commits.append(sp.orm_spawner.state))
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=10)
+    await sp.renew_credentials(now=later)
+    (saved,) = commits
+    bearer = next(s for s in saved["casa_renewable"] if s["path"] == b.BEARER_TOKEN_PATH)
+    assert bearer["issued_at"] == later.replace(microsecond=0).isoformat()
+
+
 async def test_named_servers_are_refused_clearly(make):
     sp = await make()
     sp.orm_spawner = SimpleNamespace(name="gpu", display_name="gpu", server=None)  # what the hub's ORM row gives
