@@ -158,6 +158,11 @@ def test_traefik_has_the_dask_entry_point_the_routes_use(facility):
         assert port["protocol"] == "TCP"
         assert port["exposedPort"] == fac.dask_port
         assert port["expose"]["default"] is True
+    # z2jh's network policy lets Traefik's pods reach the scheduler port of user pods
+    (z2jh,) = load_yaml(facility, "values.yaml")
+    (rule,) = z2jh["singleuser"]["networkPolicy"]["ingress"]
+    assert rule["ports"] == [{"port": fac.scheduler_port, "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "traefik"}}}]
     (namespace,) = values["providers"]["kubernetesCRD"]["namespaces"]
     role, _ = load_yaml(facility, "rbac.yaml")
     assert namespace == role["metadata"]["namespace"]
