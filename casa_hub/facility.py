@@ -113,7 +113,12 @@ class Facility(SingletonConfigurable):
         templates allowed, e.g. ``["/store/user/{username}"]`` so users cannot read each
         other's areas.  XRootD ANDs ``path:`` caveats, so one token can carry only one prefix.""",
     )
-    xcache_token_name = Unicode("{username}", config=True, help="The macaroon's ``name:`` caveat (template).")
+    xcache_token_name = Unicode(
+        "{slug}",
+        config=True,
+        help="""The macaroon's ``name:`` caveat (template).  XRootD records it as the request's user
+        name; the default ``{slug}`` is always a valid caveat, where a username may hold spaces (DNs).""",
+    )
     xcache_token_lifetime = Int(12 * 3600, config=True, help="Seconds a macaroon lives; at most ``xcache_max_lifetime``.")
     xcache_max_lifetime = Int(DEFAULT_MAX_LIFETIME, config=True, help="The XRootD server's ``macaroons.maxduration`` (86400 by default).")
 
