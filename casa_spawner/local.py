@@ -82,11 +82,15 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         config=True,
         help="""Home directory of the notebook (``{username}``, ``{slug}``); defaults to ``<state_dir>/home/{slug}``.""",
     )
-    facility = Instance(Facility, help="The facility model; configured with ``c.Facility.*``.")
+    facility = Instance(
+        Facility,
+        help="""The facility model (``c.Facility.*``); defaults to the hub's shared ``Facility.instance()``,
+        so key files are read once per hub, not once per user.""",
+    )
 
     @default("facility")
     def _default_facility(self):
-        return Facility(parent=self)
+        return Facility.instance(config=self.config)
 
     @default("home_dir")
     def _default_home_dir(self):
