@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from .faults import Fault, FaultRules
-from .server import FakeKube, FakeKubeApp, Request, free_port
+from .server import FakeKubeApp, Request, free_port
+from .thread import FakeKube
 
 KUBECONFIG = str(Path(__file__).with_name("kubeconfig.yaml"))
 

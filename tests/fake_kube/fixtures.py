@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .server import FakeKube
+from .thread import FakeKube
 from .spawners import make_facility, reset_kubespawner
 
 
