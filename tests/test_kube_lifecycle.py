@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from urllib.parse import urlparse
 
 import pytest
@@ -159,6 +160,21 @@ async def test_casa_start_over_a_whole_leftover_session(kube, facility):
         assert objs and all(o["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"] for o in objs), resource
     await asyncio.wait_for(second.stop(), 30)
     assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
+
+
+async def test_casa_renewal_patches_only_the_renewed_token_in_the_secret(kube, facility):
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(spawner.start(), 60)
+    name = f"casa-creds-{facility.names('alice').slug}"
+    before = kube.get("secrets", "default", name)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=20)  # the 12 h macaroon is past 2/3 of its life
+    assert await spawner.renew_credentials(now=later) == ["bearer_token"]
+    after = kube.get("secrets", "default", name)
+    changed = {k for k in before["data"] if before["data"][k] != after["data"].get(k)}
+    assert changed == {"bearer_token"} and set(after["data"]) == set(before["data"])
+    assert int(after["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]  # patched in place, not recreated
+    await asyncio.wait_for(spawner.stop(), 30)
 
 
 async def test_casa_stop_with_failing_deletes_says_what_is_left_and_gc_collects_it(kube, facility):
