@@ -174,4 +174,5 @@ def test_dummy_login_form_admin_and_refusal_in_a_real_hub(dummy_hub, page):
     with page.expect_response(lambda r: r.url.startswith(f"{dummy_hub.url}/hub/login") and r.request.method == "POST") as posted:
         page.click("#login_submit")
     assert posted.value.status == 403
+    page.locator(".casa-required-group").first.wait_for()  # the response is in; wait for the page to render it
     assert page.locator(".casa-required-group").all_inner_texts() == ["cms"]
