@@ -19,6 +19,8 @@
 
 import os
 
+import casa_auth
+
 c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
 env = os.environ.get
 
@@ -27,6 +29,11 @@ keys_dir = env("CASA_KEYS_DIR", "/etc/casa/secrets/keys")
 
 # -- who may log in: CMS members, through CMS IAM -------------------------------
 c.JupyterHub.authenticator_class = "casa"
+c.JupyterHub.template_paths = [casa_auth.TEMPLATE_DIR]  # the facility's login and refusal pages
+c.CasaOAuthenticator.facility_name = "Coffea-Casa Analysis Facility @ T2_US_Nebraska"
+c.CasaOAuthenticator.login_service = "CMS SSO"
+c.CasaOAuthenticator.announcements = ["Authorized CMS Users Only! Watch here for announcements."]
+c.CasaOAuthenticator.links = [{"text": "Coffea-Casa Docs", "url": "https://coffea-casa.readthedocs.io"}]
 c.Authenticator.enable_auth_state = True  # the spawner reads the access token; needs JUPYTERHUB_CRYPT_KEY
 c.CasaOAuthenticator.idp = "cms-iam"
 c.CasaOAuthenticator.issuer = "https://cms-auth.web.cern.ch/"

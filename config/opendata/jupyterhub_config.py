@@ -14,6 +14,8 @@
 
 import os
 
+import casa_auth
+
 c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
 env = os.environ.get
 
@@ -22,6 +24,7 @@ keys_dir = env("CASA_KEYS_DIR", "/etc/casa/secrets/keys")
 
 # -- who may log in: active members of the OpenData Facility, through CILogon ----------
 c.JupyterHub.authenticator_class = "casa"
+c.JupyterHub.template_paths = [casa_auth.TEMPLATE_DIR]  # the facility's login and refusal pages
 c.Authenticator.enable_auth_state = True
 c.CasaOAuthenticator.idp = "cilogon"
 c.CasaOAuthenticator.oauth_callback_url = f"{public_url}/hub/oauth_callback"
