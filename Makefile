@@ -9,3 +9,6 @@ deps:
 
 bench:
 	python3 bench/credentials.py
+	python3 bench/login.py
+	python3 bench/spawn.py
+	python3 bench/route.py
