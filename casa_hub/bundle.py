@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import posixpath
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .files import atomic_write
 
 # who reads a file: the notebook container, the scheduler sidecar, batch workers
 NOTEBOOK, SCHEDULER, WORKER = "notebook", "scheduler", "worker"
@@ -103,18 +104,7 @@ class CredentialBundle:
             for part in Path(cred.path).parts[:-1]:
                 parent = parent / part
                 _make_private_dir(parent)
-            target = root / cred.path
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".casa-")
-            try:
-                os.fchmod(fd, cred.mode)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(cred.content)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
+            target = atomic_write(root / cred.path, cred.content, mode=cred.mode)
             written.append(target)
         return written
 
@@ -122,13 +112,6 @@ class CredentialBundle:
 def _make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-
-
-def _unlink_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def with_content(cred: CredentialFile, content: bytes, issued_at, expires_at) -> CredentialFile:

@@ -84,7 +84,7 @@ def make_session_tls(hostname: str, *, lifetime: int = 7 * 86400, now: dt.dateti
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(role: str) -> bytes:
+    def leaf(role: str, ca_key) -> bytes:
         key = _key()
         builder = (
             x509.CertificateBuilder()
@@ -110,7 +110,7 @@ def make_session_tls(hostname: str, *, lifetime: int = 7 * 86400, now: dt.dateti
         cert = builder.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM) + _pem_key(key)
 
-    scheduler, client, worker = (leaf(role) for role in ROLES)
+    scheduler, client, worker = (leaf(role, ca_key) for role in ROLES)
     del ca_key  # signs the three leaves, then nobody can sign again
     return SessionTLS(
         ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),

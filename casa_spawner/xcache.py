@@ -23,7 +23,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
 
@@ -31,9 +30,12 @@ from jupyterhub.utils import exponential_backoff
 from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from casa_hub.files import atomic_write
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
+
+from .ports import free_port
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"
@@ -101,22 +103,8 @@ def ensure_macaroon_secret(path: os.PathLike | str, nbytes: int = 48) -> Path:
         decode_secret(read_secret_file(str(path), "macaroon secret"))
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(base64.b64encode(os.urandom(nbytes)) + b"\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, base64.b64encode(os.urandom(nbytes)) + b"\n", mode=0o600)
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class XCacheServer(LoggingConfigurable):

@@ -1,0 +1,41 @@
+"""Atomic file replacement: readers see the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(
+    target: str | os.PathLike,
+    content: bytes,
+    *,
+    mode: int = 0o600,
+    uid: int | None = None,
+    gid: int | None = None,
+    suffix: str = "",
+) -> Path:
+    """Write ``content`` to a temporary file beside ``target`` (``mode``, owner), then rename it over.
+
+    The temporary file is created with ``mode`` already set, so a secret is never readable
+    by others even for a moment; ``suffix`` lets watchers (Traefik's ``.tmp``) skip it.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-", suffix=suffix)
+    try:
+        os.fchmod(fd, mode)
+        if uid is not None:
+            os.fchown(fd, uid, -1 if gid is None else gid)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
