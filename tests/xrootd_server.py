@@ -62,13 +62,15 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from casa_spawner.ports import free_port
+from casa_spawner.xcache import xrootd_config
 
 __all__ = ["XRootDServer", "XRootDStartError", "start_xrootd", "xrootd_config"]
 
@@ -121,38 +123,6 @@ class XRootDServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def xrootd_config(
-    *,
-    port: int,
-    sitename: str,
-    secret_path: Path,
-    export_root: Path,
-    admin_dir: Path,
-    authdb_path: Path,
-    maxduration: int = 86400,
-    exports: Iterable[str] = ("/store",),
-    extra_config: Iterable[str] = (),
-) -> str:
-    """The configuration file text ``start_xrootd`` uses."""
-    lines = [
-        f"all.sitename {sitename}",
-        *(f"all.export {e}" for e in exports),
-        f"oss.localroot {export_root}",
-        f"all.adminpath {admin_dir}",
-        f"all.pidpath {admin_dir}",
-        f"xrd.port {port}",
-        f"xrd.protocol XrdHttp:{port} libXrdHttp.so",
-        "http.header2cgi Authorization authz",
-        "ofs.authorize 1",
-        "ofs.authlib libXrdMacaroons.so",
-        f"acc.authdb {authdb_path}",
-        f"macaroons.secretkey {secret_path}",
-        f"macaroons.maxduration {int(maxduration)}",
-        *extra_config,
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def start_xrootd(
@@ -210,12 +180,12 @@ def _start_once(xrootd, workdir, *, sitename, secret_b64_file, data_dir, maxdura
         os.chmod(secret_path, 0o600)
         authdb_path = run_dir / "authdb"
         authdb_path.write_text(authdb_rules or "# no rules: without a valid macaroon everything is refused\n")
-        port = _free_port()
+        port = free_port()
         config_path = run_dir / "xrootd.cfg"
         config_path.write_text(xrootd_config(
-            port=port, sitename=sitename, secret_path=secret_path, export_root=export_root,
-            admin_dir=admin_dir, authdb_path=authdb_path, maxduration=maxduration,
-            exports=exports, extra_config=extra_config,
+            port=port, sitename=sitename, secret_path=str(secret_path), export_root=str(export_root),
+            admin_dir=str(admin_dir), authdb_path=str(authdb_path), maxduration=maxduration,
+            exports=tuple(exports), extra_config=tuple(extra_config),
         ))
         if as_root:
             pw = pwd.getpwnam(RUN_AS)
@@ -267,12 +237,6 @@ def _wait_until_answering(server: XRootDServer, deadline: float) -> None:
         if time.monotonic() >= deadline:
             raise XRootDStartError(f"xrootd did not answer HTTP on port {server.port} in time")
         time.sleep(0.1)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill(proc: subprocess.Popen) -> None:
