@@ -28,6 +28,20 @@ from kubernetes_asyncio.client.rest import ApiException
 MERGE_PATCH = "application/merge-patch+json"
 RETRIABLE = {429, 500, 502, 503, 504}
 
+# The spawner never reads the objects the API returns: skipping kubernetes_asyncio's
+# model deserialisation keeps the hub's event loop free (bench/spawn.py's loop stall).
+RAW = {"_preload_content": False}
+
+
+async def _answer(call) -> None:
+    response = await call
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    if not 200 <= response.status <= 299:
+        raise ApiException(status=response.status, reason=f"{response.reason}: {body[:200].decode(errors='replace')}")
+
 
 class CasaKubeError(RuntimeError):
     """A session could not be started or stopped; the message says what failed."""
@@ -72,10 +86,10 @@ class SessionObjectsApi:
 
     def _create(self, obj: dict):
         if obj["kind"] == "Secret":
-            return self.core.create_namespaced_secret(self.namespace, obj)
+            return self.core.create_namespaced_secret(self.namespace, obj, **RAW)
         if obj["kind"] == "Service":
-            return self.core.create_namespaced_service(self.namespace, obj)
-        return self.custom.create_namespaced_custom_object(body=obj, **self._route_args())
+            return self.core.create_namespaced_service(self.namespace, obj, **RAW)
+        return self.custom.create_namespaced_custom_object(body=obj, **self._route_args(), **RAW)
 
     def _replace(self, obj: dict):
         """Secrets are replaced whole (no stale keys); the others get a merge patch
@@ -83,20 +97,21 @@ class SessionObjectsApi:
         Either way the ownerReference moves to the new pod."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         if kind == "Secret":
-            return self.core.replace_namespaced_secret(name, self.namespace, obj)
+            return self.core.replace_namespaced_secret(name, self.namespace, obj, **RAW)
         if kind == "Service":
-            return self.core.patch_namespaced_service(name, self.namespace, obj, _content_type=MERGE_PATCH)
-        return self.custom.patch_namespaced_custom_object(name=name, body=obj, _content_type=MERGE_PATCH, **self._route_args())
+            return self.core.patch_namespaced_service(name, self.namespace, obj, _content_type=MERGE_PATCH, **RAW)
+        return self.custom.patch_namespaced_custom_object(name=name, body=obj, _content_type=MERGE_PATCH, **self._route_args(), **RAW)
 
     def _delete(self, kind: str, name: str):
         if kind == "Secret":
-            return self.core.delete_namespaced_secret(name, self.namespace)
+            return self.core.delete_namespaced_secret(name, self.namespace, **RAW)
         if kind == "Service":
-            return self.core.delete_namespaced_service(name, self.namespace)
-        return self.custom.delete_namespaced_custom_object(name=name, **self._route_args())
+            return self.core.delete_namespaced_service(name, self.namespace, **RAW)
+        return self.custom.delete_namespaced_custom_object(name=name, **self._route_args(), **RAW)
 
     async def _request(self, call) -> None:
-        await asyncio.wait_for(call, self.request_timeout)
+        """Await one raw call; a non-2xx answer raises ApiException as the client would."""
+        await asyncio.wait_for(_answer(call), self.request_timeout)
 
     async def _retrying(self, attempt, message: str) -> None:
         await exponential_backoff(attempt, f"{message} in {self.retry_timeout} seconds", timeout=self.retry_timeout)
@@ -140,7 +155,7 @@ class SessionObjectsApi:
 
     async def _patch_secret_attempt(self, name: str, body: dict) -> bool:
         try:
-            await self._request(self.core.patch_namespaced_secret(name, self.namespace, body))
+            await self._request(self.core.patch_namespaced_secret(name, self.namespace, body, **RAW))
             return True
         except (asyncio.TimeoutError, aiohttp.ClientError):
             return False

@@ -28,6 +28,18 @@ def api_error(status: int) -> ApiException:
     return ApiException(status=status, reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 500: "Internal Server Error"}.get(status, "Error"))
 
 
+class RawResponse:
+    """What kubernetes_asyncio returns for ``_preload_content=False``: the aiohttp response."""
+
+    status, reason = 200, "OK"
+
+    async def read(self) -> bytes:
+        return b"{}"
+
+    def release(self) -> None:
+        pass
+
+
 class RecordingApi:
     """Stands in for CoreV1Api / CustomObjectsApi: records calls, answers from a script of faults.
 
@@ -51,7 +63,7 @@ class RecordingApi:
                 await asyncio.sleep(30)
             elif fault is not None:
                 raise fault
-            return {}
+            return RawResponse() if kwargs.get("_preload_content") is False else {}
 
         return call
 
