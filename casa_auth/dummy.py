@@ -10,10 +10,11 @@ import hmac
 
 from jupyterhub.auth import Authenticator
 from tornado import web
-from traitlets import Dict, Set, Unicode, default, validate
+from traitlets import Dict, Set, Unicode, validate
 
 from .groups import decide, normalise_groups
 from .pages import CasaLoginPage
+from .rules import CasaGroupRules
 from .state import CASA_KEY, casa_state
 
 _USER_KEYS = {"groups", "admin", "password", "email", "name"}
@@ -40,7 +41,7 @@ def _check_user(name, entry) -> dict:
     return {**entry, "groups": sorted(normalise_groups(groups)), "admin": entry.get("admin", False)}
 
 
-class CasaDummyAuthenticator(CasaLoginPage, Authenticator):
+class CasaDummyAuthenticator(CasaGroupRules, CasaLoginPage, Authenticator):
     """Username/password form for the users in ``users``; group rules as in CasaOAuthenticator."""
 
     users = Dict(
@@ -76,14 +77,6 @@ class CasaDummyAuthenticator(CasaLoginPage, Authenticator):
         help="""Members of these groups are admins (and may log in).""",
     )
 
-    @default("manage_groups")
-    def _default_manage_groups(self):
-        return True
-
-    @default("enable_auth_state")
-    def _default_enable_auth_state(self):
-        return True
-
     @validate("users")
     def _validate_users(self, proposal):
         users = {}
@@ -93,10 +86,6 @@ class CasaDummyAuthenticator(CasaLoginPage, Authenticator):
                 raise ValueError(f"CasaDummyAuthenticator.users: {name!r} is not a valid username")
             users[normalised] = _check_user(name, entry)
         return users
-
-    @validate("allowed_groups", "admin_groups")
-    def _normalise_configured_groups(self, proposal):
-        return set(normalise_groups(proposal["value"]))
 
     def check_allow_config(self):
         # the users dict is this authenticator's allow list: JupyterHub need not warn that nobody can log in

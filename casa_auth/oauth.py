@@ -20,8 +20,9 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default, validate
 
-from .groups import MalformedClaims, extract_groups, normalise_groups, string_claim
+from .groups import MalformedClaims, extract_groups, string_claim
 from .pages import CasaLoginPage, LoginProblem
+from .rules import CasaGroupRules
 from .presets import ENDPOINT_TRAITS, PRESETS, DiscoveryError, discovery_url, parse_discovery, preset_endpoints
 from .state import CASA_KEY, casa_state, token_expires_at
 
@@ -68,7 +69,7 @@ class CasaCallbackHandler(OAuthCallbackHandler):
         return await super().get()
 
 
-class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
+class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
     """Log facility users in with their experiment's OIDC provider; admit members of the right groups."""
 
     login_handler = CasaLoginHandler
@@ -200,16 +201,6 @@ class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
     def _default_username_claim(self):
         return os.environ.get("OAUTH2_USERNAME_KEY") or self.preset.username_claim
 
-    @default("manage_groups")
-    def _default_manage_groups(self):
-        # allowed_groups / admin_groups work without the operator knowing about manage_groups
-        return True
-
-    @default("enable_auth_state")
-    def _default_enable_auth_state(self):
-        # spawners need the access token; needs JUPYTERHUB_CRYPT_KEY
-        return True
-
     @default("modify_auth_state_hook")
     def _default_modify_auth_state_hook(self):
         return add_casa_state
@@ -222,10 +213,6 @@ class CasaOAuthenticator(CasaLoginPage, GenericOAuthenticator):
         if getattr(hook, "adds_casa_state", False):
             return hook
         return _chain_hooks(hook, add_casa_state)
-
-    @validate("allowed_groups", "admin_groups")
-    def _normalise_configured_groups(self, proposal):
-        return set(normalise_groups(proposal["value"]))
 
     # -- endpoints ----------------------------------------------------------------
 

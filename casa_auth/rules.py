@@ -1,0 +1,26 @@
+"""Defaults both casa authenticators share, so their group rules behave the same."""
+
+from __future__ import annotations
+
+from traitlets import default, validate
+from traitlets.config import LoggingConfigurable
+
+from .groups import normalise_groups
+
+
+class CasaGroupRules(LoggingConfigurable):
+    """``allowed_groups``/``admin_groups`` work without the operator knowing about
+    ``manage_groups``, written with or without IAM's leading ``/``; auth_state is on,
+    because spawners need the access token (set ``JUPYTERHUB_CRYPT_KEY``)."""
+
+    @default("manage_groups")
+    def _default_manage_groups(self):
+        return True
+
+    @default("enable_auth_state")
+    def _default_enable_auth_state(self):
+        return True
+
+    @validate("allowed_groups", "admin_groups")
+    def _normalise_configured_groups(self, proposal):
+        return set(normalise_groups(proposal["value"]))
