@@ -6,7 +6,7 @@ It starts, in this order, and stops in reverse on Ctrl-C (SIGINT) or SIGTERM:
    with a demo data file and one area per user, checking the hub's macaroons;
 2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.traefik.TraefikProcess`), watching
    the directory where ``CasaLocalSpawner`` writes one route file per user;
-3. JupyterHub with ``config/local/jupyterhub_config.py`` (demo users or an OIDC provider,
+3. JupyterHub with the packaged ``local_hub_config.py`` (demo users or an OIDC provider,
    ``CasaLocalSpawner``, and its own Traefik as the HTTP proxy -- pip only, no npm).
 
 Everything lives in a state directory (a lock file keeps a second demo out of it); the
@@ -45,7 +45,7 @@ DEMO_USERS = ("alice", "bob")
 DEMO_ADMINS = ("alice",)
 XCACHE_SITE = "CASA_DEMO"
 #: the one-machine facility's JupyterHub configuration, next to the package in the source tree
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "config" / "local" / "jupyterhub_config.py"
+CONFIG_FILE = Path(__file__).with_name("local_hub_config.py")  # packaged: works from any install
 HUB_STOP_TIMEOUT = 30.0
 
 
@@ -115,7 +115,7 @@ class Ports:
 
 
 def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "") -> dict[str, str]:
-    """The ``CASA_LOCAL_*`` variables ``config/local/jupyterhub_config.py`` reads (no secret values)."""
+    """The ``CASA_LOCAL_*`` variables ``local_hub_config.py`` reads (no secret values)."""
     env = {
         "CASA_LOCAL_STATE_DIR": str(settings.state_dir),
         "CASA_LOCAL_IP": settings.ip,
@@ -469,7 +469,7 @@ def register(subparsers) -> None:
     p.add_argument("--domain", default="localhost", help="Dask domain: schedulers are tls://<user>.dask.<domain> (default localhost)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"where the demo keeps its files (default {DEFAULT_STATE_DIR})")
     p.add_argument("--no-xcache", action="store_true", help="do not start the XCache stand-in even if xrootd is installed")
-    p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: config/local/jupyterhub_config.py)")
+    p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local_hub_config.py)")
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")
     p.add_argument("--oidc-client-id", metavar="ID")

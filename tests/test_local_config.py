@@ -1,0 +1,30 @@
+"""config/local/jupyterhub_config.py loads the packaged one-machine configuration, then site overrides."""
+
+from pathlib import Path
+
+from traitlets.config.loader import PyFileConfigLoader
+
+import casa_spawner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path, env: dict, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+
+
+def test_the_packaged_config_ships_inside_the_package():
+    packaged = Path(casa_spawner.LOCAL_HUB_CONFIG)
+    assert packaged.is_file() and packaged.parent == Path(casa_spawner.__file__).parent
+
+
+def test_repo_config_loads_the_packaged_settings(tmp_path, monkeypatch):
+    cfg = load(REPO / "config" / "local" / "jupyterhub_config.py",
+               {"CASA_LOCAL_STATE_DIR": str(tmp_path), "CASA_LOCAL_DOMAIN": "casa.test", "CASA_LOCAL_PORT": "8123"},
+               monkeypatch)
+    assert cfg.JupyterHub.spawner_class == "casa-local"
+    assert cfg.JupyterHub.bind_url == "http://127.0.0.1:8123"
+    assert cfg.Facility.domain == "casa.test"
+    assert cfg.JupyterHub.db_url.endswith(f"{tmp_path}/jupyterhub.sqlite")
