@@ -71,7 +71,9 @@ def make_spawner(tmp_path, macaroon_secret):
     yield make
     for spawner in made:  # whatever a failed test left running
         for pid in (spawner.pid, spawner.scheduler_pid):
-            if pid:
+            # never our own group: a test may point scheduler_pid at pytest itself, which leads
+            # its process group when started from a terminal
+            if pid and pid != os.getpgrp():
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
