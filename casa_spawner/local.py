@@ -265,6 +265,9 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         if renewed is not None:
             await asyncio.to_thread(self._write_credentials, renewed)
             self.bundle = renewed
+            if self.orm_spawner is not None:  # the new expiry times survive a hub restart
+                self.orm_spawner.state = self.get_state()
+                self.db.commit()
             self.log.info("Renewed credentials of %s", self._log_name)
 
     async def stop(self, now=False):

@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -231,9 +232,19 @@ async def test_a_recycled_pid_is_not_mistaken_for_the_scheduler(make_spawner, tm
     assert alive(os.getpid())
 
 
+class FakeDB:
+    commits = 0
+
+    def commit(self):
+        self.commits += 1
+
+
 async def test_credentials_are_renewed_in_poll(make_spawner):
     spawner = make_spawner(xcache_token_lifetime=60, renew_fraction=0.01)
     await spawner.start()
+    issued = spawner.get_state()["casa"]["credentials"]
+    # what JupyterHub gives a spawner: its database row and session
+    spawner.orm_spawner, spawner.db = SimpleNamespace(name="", state={}, server=None), FakeDB()
     token_file = Path(spawner.credentials_dir) / "bearer_token"
     before = token_file.read_bytes()
     client_before = (Path(spawner.credentials_dir) / "dask" / "client.pem").read_bytes()
@@ -244,6 +255,9 @@ async def test_credentials_are_renewed_in_poll(make_spawner):
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert (Path(spawner.credentials_dir) / "dask" / "client.pem").read_bytes() == client_before  # TLS is not renewed
     assert spawner.bundle.get("bearer_token").content == after
+    # the renewed times are saved, so a restarted hub does not read the old ones
+    saved = spawner.orm_spawner.state["casa"]["credentials"]
+    assert spawner.db.commits == 1 and saved == spawner.get_state()["casa"]["credentials"] != issued
     await spawner.stop(now=True)
 
 
