@@ -55,6 +55,21 @@ def _chain_hooks(first, second):
 add_casa_state.adds_casa_state = True
 
 
+def _scrubbed(error: web.HTTPError, says: str) -> web.HTTPError:
+    """``error`` without its message: oauthenticator's 500s quote the whole token response
+    (access, refresh and ID tokens), and an HTTPError's message reaches logs through ``str()``."""
+    if error.status_code < 500:
+        return error
+    return web.HTTPError(error.status_code, "%s", says)
+
+
+def _safe_reason(error: BaseException) -> str:
+    """Why a login or refresh failed, for the log: never an HTTPError's message (see _scrubbed)."""
+    if isinstance(error, web.HTTPError) and not isinstance(error, LoginProblem):
+        return f"HTTP {error.status_code}"
+    return str(error)
+
+
 class CasaLoginHandler(OAuthLoginHandler):
     """The stock login redirect, after the endpoints are known (OIDC discovery is async)."""
 
@@ -245,12 +260,22 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
 
     async def get_token_info(self, handler, params):
         """The token response, stamped with ``expires_at`` so later refreshes know the token's real age."""
-        token_info = await super().get_token_info(handler, params)
+        try:
+            token_info = await super().get_token_info(handler, params)
+        except web.HTTPError as e:
+            raise _scrubbed(e, "the token endpoint's answer has no access token") from None
         if isinstance(token_info, dict):
             expires_at = token_expires_at(token_info)
             if expires_at is not None:
                 token_info["expires_at"] = expires_at
         return token_info
+
+    async def token_to_user(self, token_info):
+        """oauthenticator's userinfo (or ID-token) lookup, its errors scrubbed of the tokens they quote."""
+        try:
+            return await super().token_to_user(token_info)
+        except web.HTTPError as e:
+            raise _scrubbed(e, "the token response has no usable ID token") from None
 
     def user_info_to_username(self, user_info):
         if callable(self.username_claim):
@@ -392,5 +417,5 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self.log.warning("Refreshing the login of %s failed, a new login is required: %s", user.name, e)
+            self.log.warning("Refreshing the login of %s failed, a new login is required: %s", user.name, _safe_reason(e))
             return False

@@ -351,3 +351,30 @@ async def test_tokens_in_an_unusable_token_response_reach_neither_page_nor_log(m
     for secret in ("RT-SECRET-123", "ID-SECRET-456", CLIENT_SECRET):
         assert secret not in str(problem.value) and secret not in problem.value.jupyterhub_message
         assert secret not in caplog.text
+
+
+async def test_tokens_in_an_unusable_refresh_answer_reach_no_log(make_authenticator, idp, caplog):
+    """A refresh whose token response lacks the access token: oauthenticator quotes the whole
+    response in its error; the refresh fails without writing those tokens to the log."""
+    caplog.set_level("DEBUG")
+    idp.expires_in = 120  # inside the refresh margin: refresh_user renews through the token endpoint
+    authenticator, user = await logged_in_user(make_authenticator, idp)
+    idp.overrides["/token"] = (200, b'{"token_type": "Bearer", "refresh_token": "RT-SECRET-123", "id_token": "ID-SECRET-456"}')
+    assert await authenticator.refresh_user(user) is False
+    assert "Refreshing the login of alice failed" in caplog.text
+    for secret in ("RT-SECRET-123", "ID-SECRET-456", user.auth_state["refresh_token"], CLIENT_SECRET):
+        assert secret not in caplog.text
+
+
+async def test_tokens_of_a_response_without_id_token_reach_no_log(make_authenticator, idp, caplog):
+    """userdata_from_id_token with a token response that has no ID token (refresh answers may omit
+    it): the refresh fails without logging the access and refresh tokens oauthenticator quotes."""
+    caplog.set_level("DEBUG")
+    authenticator = make_authenticator(userdata_from_id_token=True)
+    model = await login(authenticator, idp, {**ALICE, "groups": ["/cms"]}, {**ALICE, "groups": ["/cms"]})
+    user = MockUser(model["name"], model["auth_state"])
+    del user.auth_state["token_response"]["id_token"]
+    assert await authenticator.refresh_user(user) is False
+    assert "Refreshing the login of alice failed" in caplog.text
+    for secret in (user.auth_state["access_token"], user.auth_state["refresh_token"]):
+        assert secret not in caplog.text
