@@ -299,14 +299,16 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             else:
                 await proc.wait()
         elif pid and _is_our_process(pid, self.scheduler_dir):
-            # after a hub restart: not our child any more, so watch the pid go
-            _killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.scheduler_stop_timeout
-            while _pid_exists(pid):
-                if time.monotonic() > deadline:
-                    _killpg(pid, signal.SIGKILL)
-                    deadline = time.monotonic() + self.scheduler_stop_timeout
-                await asyncio.sleep(0.1)
+            # after a hub restart: not our child any more, so watch the pid go (bounded)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                _killpg(pid, sig)
+                deadline = time.monotonic() + self.scheduler_stop_timeout
+                while _pid_exists(pid) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                if not _pid_exists(pid):
+                    break
+            else:
+                self.log.warning("Dask scheduler of %s (pid %s) did not die on SIGKILL", self._log_name, pid)
         self.scheduler_proc, self.scheduler_pid = None, 0
 
 

@@ -305,3 +305,16 @@ async def test_a_failed_renewal_keeps_the_session_and_its_credentials(make_spawn
     assert "Could not renew credentials of" in caplog.text
     await spawner.stop(now=True)
     assert leftovers(tmp_path) == []
+
+
+async def test_stopping_an_unkillable_scheduler_after_a_restart_is_bounded(make_spawner, monkeypatch, caplog):
+    spawner = make_spawner()
+    spawner.scheduler_pid, spawner.scheduler_stop_timeout = 2**22 + 1, 0.5
+    # a scheduler from before the restart that no signal ends (e.g. stuck in the kernel)
+    signals = []
+    monkeypatch.setattr("casa_spawner.local._is_our_process", lambda pid, d: True)
+    monkeypatch.setattr("casa_spawner.local._pid_exists", lambda pid: True)
+    monkeypatch.setattr("casa_spawner.local._killpg", lambda pid, sig: signals.append(sig))
+    await asyncio.wait_for(spawner._stop_scheduler(), 10)
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert spawner.scheduler_pid == 0 and "did not die on SIGKILL" in caplog.text
