@@ -1,5 +1,6 @@
 """config/local/jupyterhub_config.py loads the packaged one-machine configuration, then site overrides."""
 
+import os
 from pathlib import Path
 
 from traitlets.config.loader import PyFileConfigLoader
@@ -10,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load(path: Path, env: dict, monkeypatch):
+    # the config generates JUPYTERHUB_CRYPT_KEY into os.environ when none is set: through
+    # monkeypatch, so that it does not leak into the tests that run after this one
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
@@ -28,3 +32,4 @@ def test_repo_config_loads_the_packaged_settings(tmp_path, monkeypatch):
     assert cfg.JupyterHub.bind_url == "http://127.0.0.1:8123"
     assert cfg.Facility.domain == "casa.test"
     assert cfg.JupyterHub.db_url.endswith(f"{tmp_path}/jupyterhub.sqlite")
+    assert len(bytes.fromhex(os.environ["JUPYTERHUB_CRYPT_KEY"])) == 32  # auth_state works without one set
