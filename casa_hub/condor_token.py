@@ -48,6 +48,13 @@ _KID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
+def check_key_id(kid: str) -> str:
+    """``kid`` if it can name a signing key (``POOL`` or a key file's name), else CredentialError."""
+    if not _KID.match(kid or ""):
+        raise CredentialError(f"invalid signing key id {kid!r}")
+    return kid
+
+
 def unscramble(data: bytes) -> bytes:
     """HTCondor's ``simple_scramble``: XOR with DE AD BE EF repeating (its own inverse)."""
     return bytes(b ^ _SCRAMBLE[i % 4] for i, b in enumerate(data))
@@ -116,8 +123,7 @@ def make_idtoken(
         raise CredentialError(f"invalid HTCondor trust domain {trust_domain!r}")
     if not identity or any(c.isspace() for c in identity):
         raise CredentialError(f"invalid HTCondor identity {identity!r}")
-    if not _KID.match(kid or ""):
-        raise CredentialError(f"invalid signing key id {kid!r}")
+    check_key_id(kid)
     levels = [a.strip().upper() for a in authz]
     unknown = [a for a in levels if a not in CONDOR_AUTHZ_LEVELS]
     if unknown:

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import CredentialError
+
 ROLES = ("scheduler", "client", "worker")
 
 
@@ -57,6 +59,8 @@ class SessionTLS:
 
 def make_session_tls(hostname: str, *, lifetime: int = 7 * 86400, now: dt.datetime | None = None) -> SessionTLS:
     """A CA and scheduler/client/worker certificates for one session (CA key discarded)."""
+    if int(lifetime) <= 0:
+        raise CredentialError(f"certificate lifetime must be positive, got {lifetime}")
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     not_before = now - dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
     expires = now + dt.timedelta(seconds=int(lifetime))

@@ -15,7 +15,7 @@ from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
 from .audit import record_issuance
-from .condor_token import CONDOR_AUTHZ_LEVELS, make_idtoken
+from .condor_token import CONDOR_AUTHZ_LEVELS, check_key_id, make_idtoken
 from .dask_tls import make_session_tls
 from .errors import ConfigurationError, CredentialError
 from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
@@ -158,13 +158,41 @@ class Facility(SingletonConfigurable):
             )
         return paths
 
-    @validate("xcache_token_lifetime")
+    @validate("xcache_token_lifetime", "xcache_max_lifetime")
     def _validate_xcache_lifetime(self, proposal):
-        if not 0 < proposal["value"] <= self.xcache_max_lifetime:
+        # checked whichever of the two changes: a lower maxduration alone must not pass until a spawn
+        value = proposal["value"]
+        token, most = (value, self.xcache_max_lifetime) if proposal["trait"].name == "xcache_token_lifetime" else (self.xcache_token_lifetime, value)
+        if not 0 < token <= most:
+            raise ConfigurationError(f"Facility.xcache_token_lifetime={token} must be within (0, xcache_max_lifetime={most}]")
+        return value
+
+    @validate("condor_token_lifetime", "tls_lifetime")
+    def _validate_lifetime(self, proposal):
+        if proposal["value"] <= 0:
+            raise ConfigurationError(f"Facility.{proposal['trait'].name}={proposal['value']} must be a positive number of seconds")
+        return proposal["value"]
+
+    @validate("dask_port", "scheduler_port", "dashboard_port")
+    def _validate_port(self, proposal):
+        if not 0 < proposal["value"] < 65536:
+            raise ConfigurationError(f"Facility.{proposal['trait'].name}={proposal['value']} is not a TCP port (1-65535)")
+        return proposal["value"]
+
+    @validate("renew_fraction")
+    def _validate_renew_fraction(self, proposal):
+        if not 0 < proposal["value"] < 1:
             raise ConfigurationError(
-                f"Facility.xcache_token_lifetime={proposal['value']} must be within (0, xcache_max_lifetime={self.xcache_max_lifetime}]"
+                f"Facility.renew_fraction={proposal['value']} must lie between 0 and 1 (0.667: renew after 2/3 of a credential's life)"
             )
         return proposal["value"]
+
+    @validate("signing_key_id")
+    def _validate_key_id(self, proposal):
+        try:
+            return check_key_id(proposal["value"])
+        except CredentialError as e:
+            raise ConfigurationError(f"Facility.signing_key_id: {e}") from None
 
     # -- secrets, read once -------------------------------------------------
 

@@ -116,6 +116,7 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
         (["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "/store", "--expires", "tomorrow"], "YYYY-mm-dd"),
         (["mint", "xcache-token", "--secret-key", "{key}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "/store", "--lifetime", "60"], "not base64"),
         (["mint", "dask-tls", "--hostname", "", "--out", "{tmp}/x"], "must not be empty"),
+        (["mint", "dask-tls", "--hostname", "h", "--out", "{tmp}/x", "--lifetime", "0"], "lifetime must be positive"),
         (["names", ""], "must not be empty"),
         (["names", "alice", "--domain", "bad domain"], "not a DNS label"),
     ],

@@ -243,11 +243,30 @@ def test_key_files_are_read_once(facility, tmp_path):
         ("condor_identity", "{user}@x", "unknown field"),
         ("xcache_paths", ["/a", "/b"], "exactly one prefix"),
         ("xcache_token_lifetime", 90000, "xcache_max_lifetime"),
+        # a lower maxduration alone would make every spawn fail to issue the default 12 h macaroon
+        ("xcache_max_lifetime", 3600, "xcache_token_lifetime=43200"),
+        ("tls_lifetime", 0, "positive"),  # certificates that expire as they are issued
+        ("condor_token_lifetime", -60, "positive"),
+        ("renew_fraction", 0.0, "between 0 and 1"),  # every poll would re-issue every token
+        ("renew_fraction", 1.5, "between 0 and 1"),  # tokens renewed only after they died
+        ("dask_port", 0, "not a TCP port"),
+        ("scheduler_port", 70000, "not a TCP port"),
+        ("signing_key_id", "my key", "invalid signing key id"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(trait, value, message):
     with pytest.raises(ConfigurationError, match=message):
         Facility(**{trait: value})
+
+
+def test_xcache_lifetimes_are_checked_together_in_any_order():
+    for settings in ({"xcache_max_lifetime": 3600, "xcache_token_lifetime": 1800},
+                     {"xcache_token_lifetime": 1800, "xcache_max_lifetime": 3600}):
+        cfg = Config()
+        for name, value in settings.items():
+            setattr(cfg.Facility, name, value)
+        facility = Facility(config=cfg)
+        assert (facility.xcache_token_lifetime, facility.xcache_max_lifetime) == (1800, 3600)
 
 
 def test_every_trait_is_documented():
