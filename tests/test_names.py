@@ -152,3 +152,18 @@ def test_cli_names_bad_input_is_one_clear_line(args):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr
+
+
+def test_casa_hub_stays_free_of_kubernetes_and_jupyterhub():
+    """DESIGN.md: casa_hub imports no Kubernetes client and no JupyterHub code -- names.py loads
+    kubespawner's slugs.py by file so that kubespawner/__init__ (both of them) never runs."""
+    code = (
+        "import sys, pkgutil, importlib, casa_hub\n"
+        "for m in pkgutil.iter_modules(casa_hub.__path__): importlib.import_module('casa_hub.' + m.name)\n"
+        "assert casa_hub.names.user_slug('Alice') != 'Alice'\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('kubernetes', 'kubernetes_asyncio', 'kubespawner', 'jupyterhub', 'oauthenticator', 'casa_spawner'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
