@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import secrets
 import signal
 import socket
 import ssl
@@ -28,6 +27,7 @@ from distributed import Client
 
 from casa_spawner.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
 from casa_spawner.traefik import TraefikProcess, free_port
+from casa_spawner.xcache import ensure_macaroon_secret
 from hub_process import start_hub
 from xrootd_server import start_xrootd
 
@@ -54,10 +54,7 @@ def traefik(tmp_path):
 
 @pytest.fixture
 def macaroon_secret(tmp_path):
-    path = tmp_path / "macaroon-secret"
-    path.write_bytes(base64.b64encode(secrets.token_bytes(48)) + b"\n")
-    path.chmod(0o600)
-    return path
+    return ensure_macaroon_secret(tmp_path / "macaroon-secret")
 
 
 @pytest.fixture

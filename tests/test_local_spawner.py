@@ -25,6 +25,7 @@ from jupyterhub.objects import Hub
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_spawner.local import CasaLocalSpawner
+from casa_spawner.xcache import ensure_macaroon_secret
 
 NOTEBOOK = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -45,10 +46,7 @@ class FakeUser:
 
 @pytest.fixture
 def macaroon_secret(tmp_path):
-    path = tmp_path / "macaroon-secret"
-    path.write_bytes(base64.b64encode(secrets.token_bytes(48)) + b"\n")
-    path.chmod(0o600)
-    return path
+    return ensure_macaroon_secret(tmp_path / "macaroon-secret")
 
 
 @pytest.fixture
