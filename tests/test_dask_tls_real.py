@@ -105,7 +105,9 @@ async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
     plan.bundle.write_to(creds)
     cmd = plan.scheduler.command(str(creds), host="127.0.0.1")
     assert not any("PRIVATE KEY" in arg for arg in cmd)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = tmp_path / "scheduler.log"  # a file, not a pipe nobody drains while the scheduler logs
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         env = plan.environment(str(creds), f"tls://127.0.0.1:{facility.scheduler_port}")
         sec = Security(
@@ -116,7 +118,7 @@ async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
         )
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert proc.poll() is None, log_path.read_text(errors="replace")
             try:
                 async with Client(env["DASK_SCHEDULER_ADDRESS"], security=sec, asynchronous=True, timeout="5s") as client:
                     info = client.scheduler_info()
