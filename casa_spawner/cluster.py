@@ -198,6 +198,7 @@ class CasaCluster:
         self._adapt_stop: threading.Event | None = None
         self._adapt_thread: threading.Thread | None = None
         self._client: Client | None = None
+        self._scaling = threading.Lock()  # scale() runs from the adapt thread and the notebook's
 
     @property
     def scheduler_address(self) -> str:
@@ -211,11 +212,12 @@ class CasaCluster:
         """Run ``n`` workers: launch the missing ones, stop the newest extra ones."""
         if n < 0:
             raise ValueError("cannot scale to a negative number of workers")
-        running = self.launcher.running()
-        if len(running) < n:
-            self.launcher.launch([f"{self._prefix}-{next(self._counter)}" for _ in range(n - len(running))], self.connection)
-        elif len(running) > n:
-            self.launcher.stop(running[n:])
+        with self._scaling:
+            running = self.launcher.running()
+            if len(running) < n:
+                self.launcher.launch([f"{self._prefix}-{next(self._counter)}" for _ in range(n - len(running))], self.connection)
+            elif len(running) > n:
+                self.launcher.stop(running[n:])
 
     def adapt(self, minimum: int = 0, maximum: int = 4, interval: float = 2.0) -> None:
         """Follow the scheduler's own wish (``adaptive_target``), clamped to ``[minimum, maximum]``."""

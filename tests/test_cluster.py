@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -130,6 +131,27 @@ def test_scale_asks_the_launcher_for_the_difference():
         cluster.scale(-1)
     cluster.close()
     assert launcher.workers == []
+
+
+class SlowLauncher(RecordingLauncher):
+    """Submitting takes a moment, as with a batch system."""
+
+    def launch(self, names, connection):
+        time.sleep(0.3)
+        super().launch(names, connection)
+
+
+def test_concurrent_scales_do_not_launch_twice():
+    # adapt's thread and the notebook may call scale() at the same moment
+    launcher = SlowLauncher()
+    cluster = CasaCluster(SchedulerConnection.from_environment(ENV), launcher, name_prefix="c")
+    threads = [threading.Thread(target=cluster.scale, args=(3,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(launcher.workers) == 3
+    cluster.close()
 
 
 def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
