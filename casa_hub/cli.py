@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .condor_token import make_idtoken
 from .dask_tls import make_session_tls
-from .errors import CasaError, CredentialError
+from .errors import CasaError
 from .macaroon import BEFORE_FORMAT, DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon
 from .names import user_names
 from .secrets import read_secret_file
@@ -89,7 +89,8 @@ def _nonempty(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="casa", description="jupyterhub-casa: analysis-facility tools")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (audit lines are INFO)")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (audit lines are INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     mint = sub.add_parser("mint", help="issue a credential").add_subparsers(dest="kind", required=True)
@@ -143,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CasaError, CredentialError) as e:
+    except CasaError as e:
         print(f"casa: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -118,6 +118,7 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
         (["mint", "dask-tls", "--hostname", "", "--out", "{tmp}/x"], "must not be empty"),
         (["mint", "dask-tls", "--hostname", "h", "--out", "{tmp}/x", "--lifetime", "0"], "lifetime must be positive"),
         (["names", ""], "must not be empty"),
+        (["--log-level", "loud", "names", "alice"], "invalid choice: 'LOUD'"),
         (["names", "alice", "--domain", "bad domain"], "not a DNS label"),
     ],
 )
