@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -30,7 +31,7 @@ class SecretBytes:
 
 
 def read_secret_file(path: str, label: str) -> bytes:
-    """Read a master-secret file; refuse one that is missing, empty or readable by others.
+    """Read a master-secret file; refuse one that is missing, empty, a symlink or readable by others.
 
     The check mirrors what HTCondor and XRootD demand of their own key files.
     """
@@ -41,6 +42,8 @@ def read_secret_file(path: str, label: str) -> bytes:
     except FileNotFoundError:
         raise ConfigurationError(f"{label} file {path} does not exist") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW: the strerror ("Too many levels of symbolic links") misleads
+            raise ConfigurationError(f"{label} file {path} is a symbolic link; configure the file itself") from None
         raise ConfigurationError(f"cannot open {label} file {path}: {e.strerror}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):

@@ -210,6 +210,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
         (lambda p: str(p / "missing"), "does not exist"),
         (lambda p: secret_file(p / "empty", b""), "is empty"),
         (lambda p: str(p), "not a regular file"),
+        (lambda p: (os.symlink(secret_file(p / "POOL", SIGNING_KEY), p / "link"), str(p / "link"))[1], "is a symbolic link"),
     ],
 )
 def test_bad_signing_key_file(tmp_path, setup, message):
