@@ -113,6 +113,9 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
 
     def __init__(self, **kwargs):
         self._reset_session()
+        # a renewal and a teardown never overlap: a renewal finishing after its session is gone
+        # would write the credentials again, relative to the hub's working directory
+        self._session_lock = asyncio.Lock()
         super().__init__(**kwargs)
 
     @property
@@ -254,21 +257,22 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         return None
 
     async def _renew_credentials(self) -> None:
-        if self.bundle is None:
-            return
-        try:
-            access_token = await self._access_token()
-            renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
-        except Exception as exc:  # the current credentials stay valid until they expire: try again next poll
-            self.log.error("Could not renew credentials of %s: %s", self._log_name, exc)
-            return
-        if renewed is not None:
-            await asyncio.to_thread(self._write_credentials, renewed)
-            self.bundle = renewed
-            if self.orm_spawner is not None:  # the new expiry times survive a hub restart
-                self.orm_spawner.state = self.get_state()
-                self.db.commit()
-            self.log.info("Renewed credentials of %s", self._log_name)
+        async with self._session_lock:
+            if self.bundle is None:  # no session, or torn down while this renewal waited
+                return
+            try:
+                access_token = await self._access_token()
+                renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
+            except Exception as exc:  # the current credentials stay valid until they expire: try again next poll
+                self.log.error("Could not renew credentials of %s: %s", self._log_name, exc)
+                return
+            if renewed is not None:
+                await asyncio.to_thread(self._write_credentials, renewed)
+                self.bundle = renewed
+                if self.orm_spawner is not None:  # the new expiry times survive a hub restart
+                    self.orm_spawner.state = self.get_state()
+                    self.db.commit()
+                self.log.info("Renewed credentials of %s", self._log_name)
 
     async def stop(self, now=False):
         self._stopping = True  # LocalProcessSpawner.stop polls: no renewal or recursion from there
@@ -279,12 +283,13 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
 
     async def _teardown(self) -> None:
         """Remove the route, stop the scheduler, delete the session directory.  Safe to repeat."""
-        if self.route_name:
-            await asyncio.to_thread(remove_route_file, self.routes_dir, self.route_name)
-        await self._stop_scheduler()
-        if self.session_dir:
-            await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
-        self._reset_session()  # the session's state goes exactly when its resources have
+        async with self._session_lock:
+            if self.route_name:
+                await asyncio.to_thread(remove_route_file, self.routes_dir, self.route_name)
+            await self._stop_scheduler()
+            if self.session_dir:
+                await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
+            self._reset_session()  # the session's state goes exactly when its resources have
 
     async def _stop_scheduler(self) -> None:
         proc, pid = self.scheduler_proc, self.scheduler_pid

@@ -316,3 +316,29 @@ async def test_stopping_an_unkillable_scheduler_after_a_restart_is_bounded(make_
     await asyncio.wait_for(spawner._stop_scheduler(), 10)
     assert signals == [signal.SIGTERM, signal.SIGKILL]
     assert spawner.scheduler_pid == 0 and "did not die on SIGKILL" in caplog.text
+
+
+async def test_a_stop_during_a_renewal_leaves_no_credentials_behind(make_spawner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where paths relative to a torn-down session would land
+    spawner = make_spawner(xcache_token_lifetime=60, renew_fraction=0.01)
+    await spawner.start()
+    renewing, release = asyncio.Event(), asyncio.Event()
+    renew = spawner.facility.renew_bundle
+    loop = asyncio.get_running_loop()
+
+    def slow_renew(*args, **kwargs):  # the hub stops the session while the renewal is under way
+        loop.call_soon_threadsafe(renewing.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
+        return renew(*args, **kwargs)
+
+    monkeypatch.setattr(spawner.facility, "renew_bundle", slow_renew)
+    await asyncio.sleep(1.1)  # 1% of 60 s has passed
+    polling = asyncio.ensure_future(spawner.poll())
+    await asyncio.wait_for(renewing.wait(), 30)
+    stopping = asyncio.ensure_future(spawner.stop(now=True))
+    await asyncio.sleep(0.5)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(polling, stopping), 60)
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "credentials").exists() and not (tmp_path / "scheduler").exists()
+    assert "casa" not in spawner.get_state() and spawner.bundle is None
