@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import weakref
 from inspect import isawaitable
 
 import jwt
@@ -377,20 +378,30 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         now = time.time()
         return now >= expires_at - self.access_token_refresh_margin, now >= expires_at
 
+    def _renewal_lock(self, username: str) -> asyncio.Lock:
+        """The lock of one user's token renewal (kept only while someone holds or awaits it)."""
+        locks = self.__dict__.setdefault("_casa_renewal_locks", weakref.WeakValueDictionary())
+        lock = locks.get(username)
+        if lock is None:
+            lock = locks[username] = asyncio.Lock()
+        return lock
+
     async def _renew_access_token(self, user, auth_state, handler):
         """Trade the refresh token for a fresh access token and store it, before oauthenticator's refresh reads it."""
         refresh_token = auth_state.get("refresh_token")
         token_info = await self.get_token_info(handler, self.build_refresh_token_request_params(refresh_token))
         if not token_info.get("refresh_token"):
             token_info["refresh_token"] = refresh_token
-        await user.save_auth_state(
-            {
-                **auth_state,
-                "access_token": token_info["access_token"],
-                "refresh_token": token_info["refresh_token"],
-                "token_response": token_info,
-            }
-        )
+        renewed = {
+            **auth_state,
+            "access_token": token_info["access_token"],
+            "refresh_token": token_info["refresh_token"],
+            "token_response": token_info,
+        }
+        if isinstance(auth_state.get(CASA_KEY), dict):
+            # the expiry _access_token_due reads, so a concurrent or failed refresh does not renew again
+            renewed[CASA_KEY] = {**auth_state[CASA_KEY], "access_token_expires_at": token_expires_at(token_info)}
+        await user.save_auth_state(renewed)
         self.log.info("Renewed the access token of %s", user.name)
 
     async def refresh_user(self, user, handler=None, **kwargs):
@@ -402,13 +413,16 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         try:
             await self.discover_endpoints()
             if self.enable_auth_state:
-                auth_state = await user.get_auth_state()
-                due, expired = self._access_token_due(auth_state)
-                if due and auth_state.get("refresh_token"):
-                    await self._renew_access_token(user, auth_state, handler)
-                elif expired:
-                    self.log.info("The access token of %s expired and there is no refresh token", user.name)
-                    return False
+                # one renewal per user at a time: concurrent requests would spend the same refresh
+                # token twice, and an IdP that rotates refresh tokens refuses (or revokes) the second
+                async with self._renewal_lock(user.name):
+                    auth_state = await user.get_auth_state()
+                    due, expired = self._access_token_due(auth_state)
+                    if due and auth_state.get("refresh_token"):
+                        await self._renew_access_token(user, auth_state, handler)
+                    elif expired:
+                        self.log.info("The access token of %s expired and there is no refresh token", user.name)
+                        return False
             model = await super().refresh_user(user, handler, **kwargs)
             if isinstance(model, dict) and not await super().check_allowed(user.name, model):
                 self.log.warning("%s is no longer in an allowed group (has %s)", user.name, model.get("groups"))

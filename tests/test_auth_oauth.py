@@ -1,5 +1,6 @@
 """CasaOAuthenticator against an in-memory IdP (tests/auth_mocks.py), through JupyterHub's outer login API."""
 
+import asyncio
 import time
 
 import pytest
@@ -196,6 +197,25 @@ async def test_refresh_renews_a_token_about_to_expire_before_using_it(make_authe
     assert idp.grant_types() == ["authorization_code", "refresh_token"]
     assert refreshed["auth_state"]["access_token"] != old_token
     assert refreshed["auth_state"]["casa"]["access_token_expires_at"] >= int(time.time()) + 100
+
+
+async def test_concurrent_refreshes_renew_the_token_once(make_authenticator, idp, monkeypatch):
+    """Two requests refreshing the same user at once: one renewal, and both keep the login
+    (the mock IdP, like one that rotates refresh tokens, accepts each refresh token once)."""
+    fetch = idp.fetch
+
+    async def slow_fetch(request, **kwargs):
+        await asyncio.sleep(0.01)  # a real IdP answers later: the other refresh runs meanwhile
+        return await fetch(request, **kwargs)
+
+    idp.expires_in = 120  # inside the 300 s margin: both refreshes find the token due
+    authenticator, user = await logged_in_user(make_authenticator, idp)
+    idp.expires_in = 3600  # the renewed token is not due again
+    monkeypatch.setattr(idp, "fetch", slow_fetch)
+    results = await asyncio.gather(authenticator.refresh_user(user), authenticator.refresh_user(user))
+    assert all(isinstance(r, dict) for r in results), results
+    assert idp.grant_types() == ["authorization_code", "refresh_token"]
+    assert {r["auth_state"]["access_token"] for r in results} == {user.auth_state["access_token"]}
 
 
 async def test_failed_refresh_forces_a_new_login(make_authenticator, idp):
