@@ -174,6 +174,7 @@ class TraefikProcess:
         self.config_path = self.workdir / "traefik.yml"
         self.log_path = self.workdir / "traefik.log"
         self.process: asyncio.subprocess.Process | None = None
+        self._log_start = 0  #: where this run's lines begin in the (appended) log
 
     def _address(self, port: int) -> str:
         return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
@@ -194,8 +195,11 @@ class TraefikProcess:
         )
 
     def log_tail(self) -> str:
+        """The last lines this run wrote (the log keeps earlier runs' lines above them)."""
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_start)
+                lines = fh.read().decode(errors="replace").splitlines()
         except FileNotFoundError:
             return ""
         return "\n".join(lines[-LOG_TAIL_LINES:])
@@ -217,6 +221,7 @@ class TraefikProcess:
         self.routes_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         with open(self.log_path, "ab") as logfile:
+            self._log_start = logfile.seek(0, os.SEEK_END)
             self.process = await asyncio.create_subprocess_exec(
                 binary, f"--configFile={self.config_path}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,

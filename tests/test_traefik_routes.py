@@ -20,6 +20,7 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.plan import TCPRoute
 from casa_spawner.traefik import (
     PortInUseError,
+    TraefikError,
     TraefikProcess,
     free_port,
     remove_route_file,
@@ -198,3 +199,14 @@ async def test_a_taken_port_is_reported_clearly(traefik, tmp_path):
     with pytest.raises(PortInUseError, match=rf"port {traefik.dask_port} \(dask entry point of Traefik\) is already in use"):
         await second.start()
     assert second.process is None
+
+
+async def test_a_port_taken_in_an_earlier_run_is_not_blamed_for_a_later_failure(tmp_path):
+    workdir = tmp_path / "traefik"
+    workdir.mkdir()
+    (workdir / "traefik.log").write_text("level=error msg=\"listen tcp :8786: bind: address already in use\"\n")
+    failing = TraefikProcess(workdir, dask_port=free_port(), binary="/bin/false")  # exits at once, says nothing
+    with pytest.raises(TraefikError, match="exited with status 1") as raised:
+        await failing.start()
+    assert not isinstance(raised.value, PortInUseError) and "already in use" not in str(raised.value)
+    assert failing.process is None
