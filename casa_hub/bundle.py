@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import posixpath
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_write
@@ -20,7 +20,6 @@ NOTEBOOK, SCHEDULER, WORKER = "notebook", "scheduler", "worker"
 # relative paths inside the credentials directory (DESIGN.md "Files a user gets")
 CONDOR_TOKEN_PATH = "condor/tokens.d/casa"
 BEARER_TOKEN_PATH = "bearer_token"
-XCACHE_TOKEN_PATH = "xcache/token"
 DASK_CA_PATH = "dask/ca.pem"
 DASK_CLIENT_PATH = "dask/client.pem"
 DASK_WORKER_PATH = "dask/worker.pem"
@@ -112,8 +111,3 @@ class CredentialBundle:
 def _make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-
-
-def with_content(cred: CredentialFile, content: bytes, issued_at, expires_at) -> CredentialFile:
-    """A renewed copy of ``cred``: same path, kind, audiences and mode."""
-    return replace(cred, content=content, issued_at=issued_at, expires_at=expires_at)
