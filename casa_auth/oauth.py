@@ -355,8 +355,13 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
             self.log.error("Login failed: oauthenticator could not use the IdP's answer (HTTP %s)", e.status_code)
             raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
         except HTTPClientError as e:
+            if e.code == 599:  # tornado's code for no answer at all (refused, timed out, TLS failure)
+                raise LoginProblem(502, "Sign-in failed: the identity provider could not be reached. Please try again later.") from None
             raise LoginProblem(502, f"Sign-in failed: the identity provider answered HTTP {e.code}. Please try again later.") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except OSError as e:  # tornado raises the connection's own error when nothing answered
+            self.log.error("Login failed, the identity provider could not be reached: %s", e)
+            raise LoginProblem(502, "Sign-in failed: the identity provider could not be reached. Please try again later.") from None
+        except (ValueError, KeyError, TypeError) as e:
             self.log.error("Login failed, unusable IdP answer: %r", e)
             raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
 

@@ -111,6 +111,8 @@ async def test_id_token_for_another_client_is_refused(make_authenticator, idp):
         pytest.param("/token", 200, b"not json", "could not be understood", id="token-not-json"),
         pytest.param("/userinfo", 200, b"<html>", "could not be understood", id="userinfo-not-json"),
         pytest.param("/userinfo", 503, b"", "answered HTTP 503", id="userinfo-503"),
+        # tornado's 599: no HTTP answer at all, so the page must not claim the IdP answered
+        pytest.param("/token", 599, b"", "could not be reached", id="token-endpoint-unreachable"),
     ],
 )
 async def test_idp_failures_are_a_clear_502(make_authenticator, idp, path, status, body, says):
@@ -360,6 +362,16 @@ def test_packaged_error_pages_render_with_jupyterhubs_templates(template, except
     )
     for text in shows:
         assert text in html
+
+
+async def test_unreachable_idp_is_a_502_that_says_so():
+    """Nothing listens at the token endpoint (port 9, discard): tornado raises the connection error itself."""
+    authenticator = CasaOAuthenticator(idp="cms-iam", issuer="http://127.0.0.1:9", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                       allowed_groups={"cms"}, oauth_callback_url="https://hub.example.org/hub/oauth_callback")
+    with pytest.raises(LoginProblem) as problem:
+        await authenticator.get_authenticated_user(MockHandler("any-code"), None)
+    assert problem.value.status_code == 502
+    assert "could not be reached" in problem.value.jupyterhub_message
 
 
 async def test_tokens_in_an_unusable_token_response_reach_neither_page_nor_log(make_authenticator, idp, caplog):
