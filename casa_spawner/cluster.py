@@ -2,9 +2,10 @@
 
 The cluster never starts a scheduler: it attaches to the session's sidecar, named
 ``tls://<slug>.dask.<domain>:<port>`` (``CASA_SCHEDULER_ADDRESS``) and reached
-through Traefik.  Where workers run is a :class:`WorkerLauncher`'s business --
-:class:`LocalProcessWorkers` here (the one-machine facility), HTCondor jobs on a
-real facility -- so ``scale``/``adapt``/``close`` do not change with it.
+through Traefik.  Where workers run is a :class:`WorkerLauncher`'s business, so
+``scale``/``adapt``/``close`` do not change with it.  The only launcher here is
+:class:`LocalProcessWorkers` (the one-machine facility); one that submits HTCondor
+jobs would implement the same three methods.
 
 Connect address versus name: when ``<slug>.dask.<domain>`` does not resolve (a
 laptop, a test), ``CASA_SCHEDULER_CONNECT_HOST`` says where to connect instead
