@@ -55,6 +55,19 @@ def check_key_id(kid: str) -> str:
     return kid
 
 
+def parse_authz(authz) -> tuple[str, ...]:
+    """Normalise ``["read", " WRITE"]`` to known HTCondor authorization levels, or raise CredentialError."""
+    levels = tuple(a.strip().upper() for a in authz)
+    unknown = [a for a in levels if a not in CONDOR_AUTHZ_LEVELS]
+    if unknown:
+        raise CredentialError(
+            f"unknown HTCondor authorization {unknown[0]!r}; known: {', '.join(sorted(CONDOR_AUTHZ_LEVELS))}"
+        )
+    if not levels:
+        raise CredentialError("an IDTOKEN needs at least one authorization (e.g. READ)")
+    return levels
+
+
 def unscramble(data: bytes) -> bytes:
     """HTCondor's ``simple_scramble``: XOR with DE AD BE EF repeating (its own inverse)."""
     return bytes(b ^ _SCRAMBLE[i % 4] for i, b in enumerate(data))
@@ -124,14 +137,7 @@ def make_idtoken(
     if not identity or any(c.isspace() for c in identity):
         raise CredentialError(f"invalid HTCondor identity {identity!r}")
     check_key_id(kid)
-    levels = [a.strip().upper() for a in authz]
-    unknown = [a for a in levels if a not in CONDOR_AUTHZ_LEVELS]
-    if unknown:
-        raise CredentialError(
-            f"unknown HTCondor authorization {unknown[0]!r}; known: {', '.join(sorted(CONDOR_AUTHZ_LEVELS))}"
-        )
-    if not levels:
-        raise CredentialError("an IDTOKEN needs at least one authorization (e.g. READ)")
+    levels = parse_authz(authz)
     if int(lifetime) <= 0:
         raise CredentialError(f"token lifetime must be positive, got {lifetime}")
     iat = int(time.time()) if issued_at is None else int(issued_at)

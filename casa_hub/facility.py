@@ -15,7 +15,7 @@ from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
 from .audit import record_issuance
-from .condor_token import CONDOR_AUTHZ_LEVELS, check_key_id, make_idtoken
+from .condor_token import check_key_id, make_idtoken, parse_authz
 from .dask_tls import make_session_tls
 from .errors import ConfigurationError, CredentialError
 from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
@@ -131,11 +131,10 @@ class Facility(SingletonConfigurable):
 
     @validate("condor_authz")
     def _validate_authz(self, proposal):
-        levels = [a.strip().upper() for a in proposal["value"]]
-        unknown = [a for a in levels if a not in CONDOR_AUTHZ_LEVELS]
-        if unknown or not levels:
-            raise ConfigurationError(f"Facility.condor_authz: unknown or empty authorization {unknown or levels}")
-        return levels
+        try:
+            return list(parse_authz(proposal["value"]))
+        except CredentialError as e:
+            raise ConfigurationError(f"Facility.condor_authz: {e}") from None
 
     @validate("xcache_activities")
     def _validate_activities(self, proposal):
