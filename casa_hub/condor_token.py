@@ -48,6 +48,13 @@ _KID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
+def check_trust_domain(trust_domain: str) -> str:
+    """``trust_domain`` if it can be an IDTOKEN's ``iss`` (no blanks, no commas), else CredentialError."""
+    if not trust_domain or any(c.isspace() or c == "," for c in trust_domain):
+        raise CredentialError(f"invalid HTCondor trust domain {trust_domain!r}")
+    return trust_domain
+
+
 def check_key_id(kid: str) -> str:
     """``kid`` if it can name a signing key (``POOL`` or a key file's name), else CredentialError."""
     if not _KID.match(kid or ""):
@@ -132,8 +139,7 @@ def make_idtoken(
     ``exp`` is always set (``issued_at + lifetime``); ``scope`` lists ``condor:/<authz>``
     in the order given.  Raises :class:`CredentialError` for bad input.
     """
-    if not trust_domain or any(c.isspace() or c == "," for c in trust_domain):
-        raise CredentialError(f"invalid HTCondor trust domain {trust_domain!r}")
+    check_trust_domain(trust_domain)
     if not identity or any(c.isspace() for c in identity):
         raise CredentialError(f"invalid HTCondor identity {identity!r}")
     check_key_id(kid)

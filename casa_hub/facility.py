@@ -15,7 +15,7 @@ from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
 from .audit import record_issuance
-from .condor_token import check_key_id, make_idtoken, parse_authz
+from .condor_token import check_key_id, check_trust_domain, make_idtoken, parse_authz
 from .dask_tls import make_session_tls
 from .errors import ConfigurationError, CredentialError
 from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
@@ -186,12 +186,13 @@ class Facility(SingletonConfigurable):
             )
         return proposal["value"]
 
-    @validate("signing_key_id")
-    def _validate_key_id(self, proposal):
+    @validate("signing_key_id", "trust_domain")
+    def _validate_condor_name(self, proposal):
+        check = check_key_id if proposal["trait"].name == "signing_key_id" else check_trust_domain
         try:
-            return check_key_id(proposal["value"])
+            return check(proposal["value"])
         except CredentialError as e:
-            raise ConfigurationError(f"Facility.signing_key_id: {e}") from None
+            raise ConfigurationError(f"Facility.{proposal['trait'].name}: {e}") from None
 
     # -- secrets, read once -------------------------------------------------
 

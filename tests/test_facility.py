@@ -253,6 +253,7 @@ def test_key_files_are_read_once(facility, tmp_path):
         ("dask_port", 0, "not a TCP port"),
         ("scheduler_port", 70000, "not a TCP port"),
         ("signing_key_id", "my key", "invalid signing key id"),
+        ("trust_domain", "red-condor.unl.edu, other", "invalid HTCondor trust domain"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(trait, value, message):
