@@ -24,10 +24,10 @@ def atomic_write(
     target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".casa-", suffix=suffix)
     try:
-        os.fchmod(fd, mode)
-        if uid is not None:
-            os.fchown(fd, uid, -1 if gid is None else gid)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:  # owns fd from here: closed even if chmod or chown fails
+            os.fchmod(fd, mode)
+            if uid is not None:
+                os.fchown(fd, uid, -1 if gid is None else gid)
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())

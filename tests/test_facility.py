@@ -274,3 +274,18 @@ def test_xcache_lifetimes_are_checked_together_in_any_order():
 def test_every_trait_is_documented():
     for name, trait in Facility.class_traits(config=True).items():
         assert trait.help and len(trait.help) > 20, name
+
+
+def test_atomic_write_that_fails_leaves_no_temporary_file_and_no_open_descriptor(tmp_path):
+    from casa_hub.files import atomic_write
+
+    target = tmp_path / "token"
+    atomic_write(target, b"old", mode=0o600)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises((OSError, OverflowError)):
+            atomic_write(target, b"new", uid=-5)  # chown fails (as for a non-root writer: EPERM)
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
+    assert target.read_bytes() == b"old"
+    assert stat.S_IMODE(os.stat(atomic_write(target, b"new", mode=0o640)).st_mode) == 0o640
