@@ -219,7 +219,8 @@ class Facility(SingletonConfigurable):
         return self._macaroon_secret
 
     def load_secrets(self) -> None:
-        """Read the configured key files now, so a bad file fails at hub start-up, not at a user's spawn."""
+        """Read the configured key files now (once; later calls use memory), so a bad file fails with its
+        ConfigurationError before anything is issued -- e.g. from a spawner, in a thread, before its first issue."""
         if self.issues_condor_tokens:
             self.signing_key()
         if self.issues_xcache_tokens:
