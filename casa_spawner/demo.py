@@ -79,6 +79,7 @@ class DemoSettings:
     @property
     def public_url(self) -> str:
         host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        host = f"[{host}]" if ":" in host else host  # IPv6, e.g. --ip ::1
         return f"http://{host}:{self.port}/"
 
     # files and directories inside the state directory

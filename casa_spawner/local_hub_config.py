@@ -37,10 +37,11 @@ env = os.environ.get
 state_dir = Path(env("CASA_LOCAL_STATE_DIR", "~/.local/share/casa-demo")).expanduser().resolve()
 ip = env("CASA_LOCAL_IP", "127.0.0.1")
 port = int(env("CASA_LOCAL_PORT", "8000"))
-public_url = f"http://{'127.0.0.1' if ip in ('', '0.0.0.0') else ip}:{port}"
+url_host = f"[{ip}]" if ":" in ip else ip  # IPv6 in brackets, e.g. ::1
+public_url = f"http://{'127.0.0.1' if ip in ('', '0.0.0.0') else url_host}:{port}"
 
 # -- the hub ------------------------------------------------------------------
-c.JupyterHub.bind_url = f"http://{ip}:{port}"
+c.JupyterHub.bind_url = f"http://{url_host}:{port}"
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{int(env('CASA_LOCAL_HUB_API_PORT', '8081'))}"
 c.JupyterHub.db_url = f"sqlite:///{state_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state_dir / "jupyterhub_cookie_secret")

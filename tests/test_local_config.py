@@ -33,3 +33,15 @@ def test_repo_config_loads_the_packaged_settings(tmp_path, monkeypatch):
     assert cfg.Facility.domain == "casa.test"
     assert cfg.JupyterHub.db_url.endswith(f"{tmp_path}/jupyterhub.sqlite")
     assert len(bytes.fromhex(os.environ["JUPYTERHUB_CRYPT_KEY"])) == 32  # auth_state works without one set
+
+
+def test_an_ipv6_address_is_bracketed_in_urls(tmp_path, monkeypatch):
+    from casa_spawner.demo import DemoSettings
+
+    assert DemoSettings(state_dir=tmp_path, ip="::1", port=8123).public_url == "http://[::1]:8123/"
+    cfg = load(Path(casa_spawner.LOCAL_HUB_CONFIG),
+               {"CASA_LOCAL_STATE_DIR": str(tmp_path), "CASA_LOCAL_IP": "::1", "CASA_LOCAL_PORT": "8123",
+                "CASA_LOCAL_OIDC_ISSUER": "http://[::1]:9000/", "CASA_LOCAL_OIDC_CLIENT_ID": "casa"},
+               monkeypatch)
+    assert cfg.JupyterHub.bind_url == "http://[::1]:8123"
+    assert cfg.CasaOAuthenticator.oauth_callback_url == "http://[::1]:8123/hub/oauth_callback"
