@@ -253,14 +253,11 @@ class XCacheServer(LoggingConfigurable):
                 timeout=self.ready_timeout,
                 max_wait=1,
             )
-        except asyncio.CancelledError:
-            await self.stop()
-            raise
         except (asyncio.TimeoutError, XCacheStartError) as e:
             tail = self.log_tail()
             await self.stop()
             raise XCacheStartError(f"{e}\n--- xrootd log tail ---\n{tail}") from None
-        except BaseException:
+        except BaseException:  # cancelled (Ctrl-C while starting) or anything else: leave nothing
             await self.stop()
             raise
 

@@ -6,6 +6,7 @@ client would, with the macaroon the hub's ``Facility`` issues.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import os
@@ -152,3 +153,25 @@ async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_fil
         with pytest.raises(CasaError, match="(?s)exited.*xrootd log tail.*in use"):
             await srv.start()
     assert srv.process is None and srv.run_dir is None
+
+
+async def test_a_cancelled_start_leaves_nothing(secret_file, monkeypatch):
+    srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40)
+
+    async def not_yet():  # xrootd is running, the launcher still waits for it
+        return False
+
+    monkeypatch.setattr(srv, "_answers_http", not_yet)
+    starting = asyncio.ensure_future(srv.start())
+    for _ in range(300):  # bounded: 30 s
+        if srv.process is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert not starting.done()
+    pid, run_dir = srv.process.pid, srv.run_dir
+    starting.cancel()  # Ctrl-C while the demo starts
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert srv.process is None and srv.run_dir is None and not run_dir.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
