@@ -116,7 +116,11 @@ class Ports:
 
 
 def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "") -> dict[str, str]:
-    """The ``CASA_LOCAL_*`` variables ``local_hub_config.py`` reads (no secret values)."""
+    """The ``CASA_LOCAL_*`` variables ``local_hub_config.py`` reads.
+
+    No master secret: the macaroon secret goes as a file path.  The demo password (set only
+    when the demo listens beyond loopback) is a value here, and is printed in the banner too.
+    """
     env = {
         "CASA_LOCAL_STATE_DIR": str(settings.state_dir),
         "CASA_LOCAL_IP": settings.ip,
