@@ -10,8 +10,9 @@ path (``condor/tokens.d/casa``) under the target directory: directories 0700, fi
 The kubelet updates a Secret volume by writing a new timestamped directory and
 swapping the ``..data`` symlink; each pass reads one consistent snapshot through
 ``..data`` and rewrites the files whose content (or mode, or owner) differ.  Files
-whose key left the Secret are removed.  Standard library only: it runs in the
-sidecar with nothing else of the project imported.
+whose key left the Secret are removed.  Standard library only, plus
+``casa_hub.files`` (itself standard library): the sidecar image needs the
+``jupyterhub-casa`` package but none of its dependencies.
 
     python -m casa_spawner.credsync --from /secret --to /creds --uid 1000 --gid 100 [--once]
 """
@@ -85,20 +86,16 @@ def _private_dir(path: Path, uid: int | None, gid: int | None) -> None:
         os.chmod(path, 0o700)
 
 
-def _is_current(path: Path, content: bytes, uid: int | None) -> bool:
+def _is_current(path: Path, content: bytes, uid: int | None, gid: int | None) -> bool:
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o600:
             return False
-        if uid is not None and st.st_uid != uid:
+        if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
             return False
         return path.read_bytes() == content
     except FileNotFoundError:
         return False
-
-
-def _write_atomically(target: Path, content: bytes, uid: int | None, gid: int | None) -> None:
-    atomic_write(target, content, mode=0o600, uid=uid, gid=gid)
 
 
 class CredentialSync:
@@ -126,8 +123,8 @@ class CredentialSync:
             for part in Path(rel).parts[:-1]:
                 parent = parent / part
                 _private_dir(parent, self.uid, self.gid)
-            if not _is_current(target, content, self.uid):
-                _write_atomically(target, content, self.uid, self.gid)
+            if not _is_current(target, content, self.uid, self.gid):
+                atomic_write(target, content, mode=0o600, uid=self.uid, gid=self.gid)
                 changed.append(rel)
         for rel in sorted(self._written - set(files)):
             try:

@@ -120,6 +120,20 @@ def test_repairs_tampered_files(tmp_path):
     assert (creds / "bearer_token").read_bytes() == b"tok\n"
 
 
+def test_repairs_a_file_whose_group_was_changed(tmp_path):
+    source = tmp_path / "plain"
+    source.mkdir()
+    (source / "bearer_token").write_bytes(b"tok\n")
+    creds = tmp_path / "creds"
+    sync = CredentialSync(source, creds, uid=NOBODY, gid=NOBODY)
+    sync.sync_once()
+    os.chown(creds / "bearer_token", NOBODY, 0)  # right owner, wrong group
+    assert sync.sync_once() == ["bearer_token"]
+    st = os.lstat(creds / "bearer_token")
+    assert (st.st_uid, st.st_gid, mode(creds / "bearer_token")) == (NOBODY, NOBODY, 0o600)
+    assert sync.sync_once() == []
+
+
 def test_a_restarted_sync_removes_files_whose_key_is_gone(tmp_path):
     source = tmp_path / "plain"
     source.mkdir()
