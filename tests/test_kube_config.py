@@ -128,7 +128,7 @@ API_CALLS = {  # what casa_spawner.kube calls (its module docstring), as RBAC (g
 
 
 @pytest.mark.parametrize("facility", FACILITIES)
-def test_hub_rbac_allows_every_call_the_spawner_makes(facility):
+def test_hub_rbac_grants_exactly_the_calls_the_spawner_makes(facility):
     role, binding = load_yaml(facility, "rbac.yaml")
     for obj in (role, binding):
         validate_kubernetes(obj)
@@ -142,7 +142,7 @@ def test_hub_rbac_allows_every_call_the_spawner_makes(facility):
     cfg = load_config(facility)
     group = cfg.CasaKubeSpawner.get("ingress_route_group", CasaKubeSpawner.ingress_route_group.default_value)
     needed = {(group if r == "ingressroutetcps" else g, r, v) for g, r, v in API_CALLS}
-    assert needed <= granted, sorted(needed - granted)
+    assert granted == needed, {"missing": sorted(needed - granted), "not needed": sorted(granted - needed)}
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": role["metadata"]["namespace"]}]
 

@@ -190,6 +190,33 @@ async def test_casa_stop_with_failing_deletes_says_what_is_left_and_gc_collects_
     await _eventually(lambda: not any(kube.names(r) for r in ("pods",) + EXTRA), "garbage collection")
 
 
+RBAC_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "GET": "get"}
+
+
+async def test_casa_calls_are_those_the_hub_rbac_grants(kube, facility):
+    """A start over leftovers (409 -> replace), a renewal and a stop: every call on the extra
+    objects, as RBAC (group, resource, verb), is what config/*/rbac.yaml grants, no more."""
+    from test_kube_config import API_CALLS
+
+    kube.set_garbage_collection(False)
+    first = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(first.start(), 60)
+    await asyncio.wait_for(KubeSpawner.stop(first, now=True), 30)  # a crashed hub: the extra objects stay
+    kube.clear_requests()
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(spawner.start(), 60)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=20)
+    assert await spawner.renew_credentials(now=later)
+    await asyncio.wait_for(spawner.stop(), 30)
+    made = set()
+    for r in kube.requests:
+        parts = [p for p in r.path.split("/") if p]
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in ("secrets", "services", "ingressroutetcps"):
+            made.add((group, rest[2], RBAC_VERBS[r.method]))
+    assert made == API_CALLS
+
+
 async def test_casa_route_group_is_configurable(kube, facility):
     spawner = make_spawner(
         CasaKubeSpawner, kube.url, "alice", facility=facility,
