@@ -147,9 +147,10 @@ def sni_reaches_scheduler(port: int, sni: str, ctx: ssl.SSLContext) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), 5) as sock:
             with ctx.wrap_socket(sock, server_hostname=sni) as tls:
-                tls.settimeout(3)
                 # TLS 1.3: a refused client certificate shows up on the first read; an
-                # accepting scheduler sends its comm handshake (or waits: timeout)
+                # accepting scheduler sends its comm handshake at once.  A timeout counts as
+                # reached, so it is long: a refusal delayed by a loaded machine is still seen
+                tls.settimeout(15)
                 try:
                     return tls.recv(1) != b""
                 except socket.timeout:
