@@ -12,12 +12,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from casa_spawner.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_DIR = HERE / "oidc_provider"
@@ -31,12 +32,6 @@ ACCOUNTS = {
     "bob": {"password": "bob-pw", "claims": {"email": "bob@example.org", "preferred_username": "bob", "groups": ["/atlas"]}},
     "mallory": {"password": "mallory-pw", "claims": {"email": "mallory@example.org", "preferred_username": "mallory", "groups": 42}},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 10) -> None:

@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from distributed.security import Security
 from casa_hub.dask_tls import make_session_tls
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
+from casa_spawner.ports import free_port
 
 
 def write_tls(tmp_path, name, hostname):
@@ -89,12 +89,6 @@ async def test_another_sessions_client_certificate_is_refused(tmp_path):
         # A plain-TCP client gets nothing.
         with pytest.raises((OSError, asyncio.TimeoutError, TypeError, ValueError)):
             await Client(s.address.replace("tls://", "tcp://"), asynchronous=True, timeout="3s")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
