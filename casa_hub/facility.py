@@ -102,7 +102,7 @@ class Facility(SingletonConfigurable):
         Example: ``c.Facility.macaroon_secret_file = "/etc/casa/secrets/macaroon-secret"``. Empty: no XCache tokens.
         """,
     )
-    xcache_site = Unicode("", config=True, help="XCache ``all.sitename``; the macaroon's location, e.g. ``T2_US_Nebraska``.")
+    xcache_site = Unicode("", config=True, help="XCache ``all.sitename``; the macaroon's location, e.g. ``T2_US_Nebraska``. Empty: ``domain``.")
     xcache_host = Unicode("", config=True, help="XCache address given to the notebook as ``XCACHE_HOST``, e.g. ``root://xcache.cmsaf.unl.edu:1094``.")
     xcache_activities = List(Unicode(), ["READ_METADATA", "DOWNLOAD", "LIST"], config=True, help="XRootD activities granted by the macaroon.")
     xcache_paths = List(
