@@ -5,7 +5,10 @@ per-request latency for both; the spawners run on this process's event loop, as
 in the hub.  Printed per flavour: wall time of N concurrent starts and of N
 concurrent stops, API requests per spawn, and the event loop's worst stall (a
 ticker that wakes every 5 ms records how late it woke) — the figure that says
-whether a spawner blocks the hub for everyone.  Then the ratio Casa / plain.
+whether a spawner blocks the hub for everyone — beside the longest pause of
+Python's garbage collector in the same window (a full collection of the hub's
+heap that happens to land in a run is a stall no spawner code can avoid).  Then
+the ratio Casa / plain.
 
     python3 bench/spawn.py [--users 50] [--latency 0.005] [--rounds 2]
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -37,13 +41,22 @@ from fake_kube.spawners import make_facility, make_spawner, reset_kubespawner  #
 
 
 class StallMeter:
-    """A task that sleeps ``period`` and records how much later than asked it woke up."""
+    """A task that sleeps ``period`` and records how much later than asked it woke up,
+    and the longest garbage-collector pause meanwhile."""
 
     def __init__(self, period: float = 0.005):
         self.period = period
         self.worst = 0.0
         self.lates: list[float] = []
+        self.worst_gc = 0.0
+        self._gc_started = 0.0
         self._task = None
+
+    def _gc(self, phase, info):
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.worst_gc = max(self.worst_gc, time.perf_counter() - self._gc_started)
 
     async def _run(self):
         loop = asyncio.get_running_loop()
@@ -55,11 +68,13 @@ class StallMeter:
             self.worst = max(self.worst, late)
 
     def __enter__(self):
+        gc.callbacks.append(self._gc)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     def __exit__(self, *exc):
         self._task.cancel()
+        gc.callbacks.remove(self._gc)
 
 
 def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
@@ -104,6 +119,7 @@ async def one_run(cls, url: str, users: int, traits: dict) -> dict:
         "stop_requests": (after_stop - after_start) / users,
         "start_stall": start_meter.worst,
         "stop_stall": stop_meter.worst,
+        "gc_pause": max(start_meter.worst_gc, stop_meter.worst_gc),
         "p99_stall": statistics.quantiles(lates, n=100)[98] if len(lates) >= 100 else max(lates, default=0.0),
     }
 
@@ -136,7 +152,8 @@ def main() -> None:
 
     print(f"{args.users} concurrent spawns, fake API latency {args.latency * 1000:.1f} ms/request, best of {args.rounds}")
     print("stall = how late a 5 ms ticker on the spawners' event loop woke up (worst over all runs)")
-    print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} {'stall start':>12} {'stall stop':>11} {'p99 stall':>10}")
+    print("gc pause = the garbage collector's longest pause in the same windows (part of the stalls)")
+    print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} {'stall start':>12} {'stall stop':>11} {'p99 stall':>10} {'gc pause':>9}")
     best = {}
     for name, runs in results.items():
         b = min(runs, key=lambda r: r["start_wall"])
@@ -144,9 +161,11 @@ def main() -> None:
         start_stall = max(r["start_stall"] for r in runs)
         stop_stall = max(r["stop_stall"] for r in runs)
         p99 = max(r["p99_stall"] for r in runs)
+        gc_pause = max(r["gc_pause"] for r in runs)
         print(
             f"{name:16} {b['start_wall']:10.2f}s {b['stop_wall']:9.2f}s {b['start_requests']:10.1f} "
-            f"{b['stop_requests']:9.1f} {start_stall * 1000:10.1f}ms {stop_stall * 1000:9.1f}ms {p99 * 1000:8.1f}ms"
+            f"{b['stop_requests']:9.1f} {start_stall * 1000:10.1f}ms {stop_stall * 1000:9.1f}ms {p99 * 1000:8.1f}ms "
+            f"{gc_pause * 1000:7.1f}ms"
         )
     casa, plain = best["CasaKubeSpawner"], best["KubeSpawner"]
     print(f"ratio Casa/plain: start wall {casa['start_wall'] / plain['start_wall']:.2f}x, "
