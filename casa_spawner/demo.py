@@ -401,24 +401,26 @@ def _children() -> list[int]:
 
 
 def _end_orphans(timeout: float = 10.0) -> None:
-    """End and reap every remaining child (orphans re-parented to the subreaper); blocking."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """End and reap every remaining child (orphans re-parented to the subreaper); blocking.
+
+    SIGTERM, then SIGKILL after ``timeout``; children are looked for again each round, since
+    an orphan that dies re-parents its own children to us.  Gives up after twice ``timeout``.
+    """
+    start = time.monotonic()
+    signalled: dict[int, int] = {}
+    while time.monotonic() - start < 2 * timeout:
         pending = _children()
-        for pid in pending:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for pid in list(pending):
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid
-                if done:
-                    pending.remove(pid)
-            time.sleep(0.05)
         if not pending:
             return
+        sig = signal.SIGTERM if time.monotonic() - start < timeout else signal.SIGKILL
+        for pid in pending:
+            if signalled.get(pid) != sig:
+                signalled[pid] = sig
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
 
 
 # -- the command ------------------------------------------------------------------------

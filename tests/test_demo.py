@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,3 +437,28 @@ def test_a_part_dying_stops_the_rest_and_exits_nonzero(tmp_path):
         assert port_is_free(running.port)
     finally:
         stop_demo(running)
+
+
+ORPHANS_SCRIPT = r"""
+import os, subprocess, time
+from casa_spawner import demo
+demo._become_subreaper()
+# a child that leaves a grandchild behind when SIGTERM ends it: the grandchild becomes our orphan
+subprocess.Popen(["sh", "-c", "sleep 600 & trap 'exit 0' TERM; while :; do sleep 0.1; done"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+deadline = time.monotonic() + 30
+while len(demo._children()) < 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)  # the background sleep has started
+demo._end_orphans(timeout=5)
+left = demo._children()
+print("left:", left)
+for pid in left:  # whatever the check found, gone before this script ends
+    os.kill(pid, 9)
+"""
+
+
+def test_orphans_of_orphans_are_ended_too():
+    result = subprocess.run([sys.executable, "-c", ORPHANS_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "left: []"
