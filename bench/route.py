@@ -80,10 +80,11 @@ def main() -> int:
         scheduler_cmd[scheduler_cmd.index("--port") + 1] = str(port)
         scheduler_cmd[scheduler_cmd.index("--dashboard-address") + 1] = "127.0.0.1:0"
         procs: list[subprocess.Popen] = []
+        clients: dict[str, Client] = {}
         traefik = TraefikProcess(tmp / "traefik", dask_port=free_port())
         loop = asyncio.new_event_loop()
+        log = open(tmp / "processes.log", "wb")
         try:
-            log = open(tmp / "processes.log", "wb")
             procs.append(subprocess.Popen(scheduler_cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             wait_for_port(port, procs[0], "the scheduler")
             direct = f"tls://127.0.0.1:{port}"
@@ -102,7 +103,6 @@ def main() -> int:
                 worker_cert=worker_pem, worker_key=worker_pem, connect_host="127.0.0.1",
             )
             direct_conn = dataclasses.replace(via, address=f"tls://{route.host}:{port}")  # same certificates, no Traefik
-            clients = {}
             deadline = time.monotonic() + 60
             while True:  # Traefik loads the route file a moment after it lands
                 try:
@@ -125,9 +125,9 @@ def main() -> int:
                     s, g = transfer(clients[name], payload)
                     samples[name]["scatter"].append(s)
                     samples[name]["gather"].append(g)
+        finally:
             for client in clients.values():
                 client.close()
-        finally:
             loop.run_until_complete(traefik.stop())
             loop.close()
             for proc in procs:
@@ -138,6 +138,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            log.close()
 
     mb = args.megabytes
     print(f"Dask scatter + gather of {mb} MB through the scheduler, {args.repeat} runs each (median; MB/s)")
