@@ -20,6 +20,7 @@ whose key left the Secret are removed.  Standard library only, plus
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ log = logging.getLogger("casa.credsync")
 KUBELET_DATA = "..data"
 DEFAULT_INTERVAL = 5.0
 MAX_INTERVAL = 300.0
+SNAPSHOT_ATTEMPTS = 3  # reads of ``..data`` when the kubelet swaps it mid-read (the init container has one pass)
 
 
 class SyncError(Exception):
@@ -58,6 +60,8 @@ def read_secret_dir(source: Path) -> dict[str, bytes]:
     data_dir = source / KUBELET_DATA
     if data_dir.is_symlink():
         root = source / os.readlink(data_dir)
+        if not root.is_dir():  # swapped and removed since the readlink
+            raise FileNotFoundError(errno.ENOENT, "snapshot removed", str(root))
     elif data_dir.is_dir():
         root = data_dir
     else:
@@ -109,10 +113,13 @@ class CredentialSync:
 
     def sync_once(self) -> list[str]:
         """One pass; returns the relative paths written or removed."""
-        try:
-            files = read_secret_dir(self.source)
-        except FileNotFoundError as e:  # the kubelet removed the old snapshot mid-read
-            raise SyncError(f"credential source changed while reading ({e.filename}); will retry") from None
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            try:
+                files = read_secret_dir(self.source)
+                break
+            except FileNotFoundError as e:  # the kubelet swapped ..data and removed the old snapshot mid-read
+                if attempt == SNAPSHOT_ATTEMPTS - 1:
+                    raise SyncError(f"credential source changed while reading ({e.filename}); will retry") from None
         _private_dir(self.target, self.uid, self.gid)
         if self._written is None:
             self._written = _existing_files(self.target)

@@ -105,6 +105,26 @@ def test_follows_the_data_symlink_swap(tmp_path):
     assert sync.sync_once() == []  # nothing to do when nothing changed
 
 
+def test_a_swap_during_the_read_is_read_again(tmp_path, monkeypatch):
+    """The kubelet swaps ``..data`` and removes the old snapshot while a pass lists it:
+    the pass reads the new snapshot (the init container has only one pass)."""
+    secret = KubeletSecretVolume(tmp_path / "secret")
+    secret.publish(BUNDLE)
+    real_listdir = os.listdir
+    raced = []
+
+    def listdir_racing_the_kubelet(path):
+        if not raced:
+            raced.append(path)
+            secret.publish(dict(BUNDLE, bearer_token=b"macaroon-2\n"))  # removes the snapshot being listed
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir_racing_the_kubelet)
+    creds = tmp_path / "creds"
+    CredentialSync(secret.root, creds).sync_once()
+    assert raced and (creds / "bearer_token").read_bytes() == b"macaroon-2\n"
+
+
 def test_repairs_tampered_files(tmp_path):
     source = tmp_path / "plain"
     source.mkdir()
