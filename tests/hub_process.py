@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,17 +31,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from casa_spawner.ports import free_port
+
 LOG_TAIL_LINES = 60
 
 
 class HubStartError(RuntimeError):
     """The hub did not come up; the message ends with the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -18,14 +18,9 @@ import pytest
 
 from casa_hub.dask_tls import make_session_tls
 from casa_spawner.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
+from casa_spawner.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

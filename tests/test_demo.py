@@ -26,17 +26,12 @@ import pytest
 import requests
 
 from casa_spawner.cluster import SchedulerConnection
+from casa_spawner.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
 START_TIMEOUT = 180  # a loaded 2-core machine: hub, two Traefiks, xrootd
 READY_LINE = "Press Ctrl-C to stop."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
