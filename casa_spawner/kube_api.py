@@ -143,7 +143,8 @@ class SessionObjectsApi:
         try:
             await self._request(self._delete(kind, name))
             return True
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            self.log.warning("No answer deleting %s %s (%s), retrying", kind, name, type(e).__name__)
             return False
         except ApiException as e:
             if e.status == 404:
@@ -157,10 +158,12 @@ class SessionObjectsApi:
         try:
             await self._request(self.core.patch_namespaced_secret(name, self.namespace, body, **RAW))
             return True
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            self.log.warning("No answer patching Secret %s (%s), retrying", name, type(e).__name__)
             return False
         except ApiException as e:
             if e.status in RETRIABLE:
+                self.log.warning("Kubernetes answered %s patching Secret %s, retrying", _reason(e), name)
                 return False
             raise SessionObjectError(f"Kubernetes refused the renewal of Secret {name}: {_reason(e)}") from None
 

@@ -175,6 +175,18 @@ async def test_stop_deletes_every_object_even_when_the_first_delete_fails(make):
     assert deleted == ["casa-dask-alice", "casa-creds-alice", "casa-creds-alice", "casa-scheduler-alice"]
 
 
+async def test_unanswered_deletes_and_patches_are_logged_as_they_are_retried(make, caplog):
+    caplog.set_level(logging.WARNING)
+    core = RecordingApi(delete_namespaced_service=["hang"], patch_namespaced_secret=[aiohttp.ServerDisconnectedError(), api_error(503)])
+    sp = await make(core=core)
+    await sp.delete_session_objects()
+    await sp.session_api.patch_secret_data("casa-creds-alice", {"bearer_token": "eA=="})
+    assert core.methods().count("delete_namespaced_service") == 2 and core.methods().count("patch_namespaced_secret") == 3
+    assert "No answer deleting Service casa-dask-alice (TimeoutError), retrying" in caplog.text
+    assert "No answer patching Secret casa-creds-alice (ServerDisconnectedError), retrying" in caplog.text
+    assert "Kubernetes answered 503 Error patching Secret casa-creds-alice, retrying" in caplog.text
+
+
 async def test_stop_with_nothing_left_is_quiet(make):
     core = RecordingApi(delete_namespaced_service=[api_error(404)], delete_namespaced_secret=[api_error(404)] * 2)
     custom = RecordingApi(delete_namespaced_custom_object=[api_error(404)])
