@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -35,6 +36,8 @@ from urllib.parse import urlsplit
 
 from distributed import Client
 from distributed.security import Security
+
+log = logging.getLogger("casa.cluster")
 
 
 class SNISecurity(Security):
@@ -235,7 +238,10 @@ class CasaCluster:
                     target = client.sync(client.scheduler.adaptive_target)
                 except Exception:  # scheduler briefly unreachable: try again next round
                     continue
-                self.scale(max(minimum, min(maximum, int(target))))
+                try:
+                    self.scale(max(minimum, min(maximum, int(target))))
+                except Exception:  # e.g. a batch submission refused: adapting goes on
+                    log.exception("CasaCluster.adapt could not scale; trying again in %s s", interval)
 
         self._adapt_thread = threading.Thread(target=loop, name="casa-adapt", daemon=True)
         self._adapt_thread.start()

@@ -191,3 +191,34 @@ def test_adapt_follows_the_scheduler_within_bounds(scheduler):
     finally:
         cluster.close()
     assert launcher.workers == []
+
+
+class RefusingOnceLauncher(RecordingLauncher):
+    """The batch system refuses the first submission."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused = 0
+
+    def launch(self, names, connection):
+        if not self.refused:
+            self.refused += 1
+            raise RuntimeError("schedd busy")
+        super().launch(names, connection)
+
+
+def test_adapt_goes_on_after_a_failed_launch(scheduler, caplog):
+    launcher = RefusingOnceLauncher()
+    cluster = CasaCluster(scheduler, launcher, name_prefix="r")
+    try:
+        cluster.adapt(minimum=0, maximum=2, interval=0.2)
+        with cluster.get_client(timeout="30s") as client:
+            futures = client.map(lambda x: x + 1, range(100))
+            deadline = time.monotonic() + 30
+            while len(launcher.workers) != 2:
+                assert time.monotonic() < deadline, f"adapt stopped after the refusal: {launcher.workers}"
+                time.sleep(0.2)
+            del futures
+    finally:
+        cluster.close()
+    assert launcher.refused == 1 and "could not scale" in caplog.text
