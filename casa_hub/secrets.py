@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -31,19 +30,19 @@ class SecretBytes:
 
 
 def read_secret_file(path: str, label: str) -> bytes:
-    """Read a master-secret file; refuse one that is missing, empty, a symlink or readable by others.
+    """Read a master-secret file; refuse one that is missing, empty or readable by others.
 
-    The check mirrors what HTCondor and XRootD demand of their own key files.
+    The check mirrors what HTCondor and XRootD demand of their own key files.  Symbolic
+    links are followed (a Kubernetes Secret volume's files are links into ``..data``)
+    and the file they reach is what is checked.
     """
     if not path:
         raise ConfigurationError(f"no {label} file is configured")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise ConfigurationError(f"{label} file {path} does not exist") from None
     except OSError as e:
-        if e.errno == errno.ELOOP:  # O_NOFOLLOW: the strerror ("Too many levels of symbolic links") misleads
-            raise ConfigurationError(f"{label} file {path} is a symbolic link; configure the file itself") from None
         raise ConfigurationError(f"cannot open {label} file {path}: {e.strerror}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):

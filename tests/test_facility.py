@@ -210,7 +210,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
         (lambda p: str(p / "missing"), "does not exist"),
         (lambda p: secret_file(p / "empty", b""), "is empty"),
         (lambda p: str(p), "not a regular file"),
-        (lambda p: (os.symlink(secret_file(p / "POOL", SIGNING_KEY), p / "link"), str(p / "link"))[1], "is a symbolic link"),
+        (lambda p: (os.symlink(secret_file(p / "POOL", SIGNING_KEY, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
     ],
 )
 def test_bad_signing_key_file(tmp_path, setup, message):
@@ -227,6 +227,16 @@ def test_bad_macaroon_secret(tmp_path, content, message):
     facility = Facility(macaroon_secret_file=secret_file(tmp_path / "m", content))
     with pytest.raises(CasaError, match=message):
         facility.load_secrets()
+
+
+def test_a_symlinked_key_file_is_followed(tmp_path):
+    """Kubernetes mounts a Secret's files as links into ``..data``: the file they reach counts."""
+    data = tmp_path / "..data"
+    data.mkdir()
+    secret_file(data / "POOL", SIGNING_KEY)
+    os.symlink("..data/POOL", tmp_path / "POOL")
+    facility = Facility(signing_key_file=str(tmp_path / "POOL"))
+    assert facility.signing_key().reveal() == SIGNING_KEY
 
 
 def test_key_files_are_read_once(facility, tmp_path):
