@@ -17,8 +17,9 @@ Lifecycle (KubeSpawner's own steps in brackets):
    [wait for the pod to be Running and ready: the scheduler's readiness probe included]
 5. ``poll``: [KubeSpawner's check]; while running, re-issue credentials past 2/3 of
    their life and patch the Secret (the sync sidecar follows the kubelet's update).
-6. ``stop``: [delete the pod]; then delete every extra object, each on its own (404
-   is fine; one failure does not skip the next), and report what could not be deleted.
+6. ``stop``: [delete the pod]; then delete every extra object, each on its own and all
+   at once (404 is fine; one failure does not skip another; the wait is at most one
+   ``k8s_api_request_retry_timeout``), and report what could not be deleted.
 
 Kubernetes API calls beyond KubeSpawner's pods and events (made by ``casa_spawner.kube_api``,
 which also holds the retry pattern; the fake API in tests/fake_kube answers them):
@@ -314,7 +315,7 @@ class CasaKubeSpawner(KubeSpawner):
     # -- stop -----------------------------------------------------------------
 
     async def delete_session_objects(self) -> None:
-        """Delete route, Service and Secrets, each on its own; raise once at the end if any failed."""
+        """Delete route, Service and Secrets, each on its own, concurrently; raise once at the end if any failed."""
         names = self.session_names
         await self.session_api.delete_each([
             ("IngressRouteTCP", names.route),

@@ -178,17 +178,22 @@ class SessionObjectsApi:
         """Merge base64 ``data`` keys into Secret ``name`` (its other keys stay)."""
         await self._retrying(partial(self._patch_secret_attempt, name, {"data": data}), f"Could not patch Secret {name}")
 
+    async def _delete_one(self, kind: str, name: str) -> str | None:
+        """Delete one object, retrying; the failure as text, or None once it is gone."""
+        try:
+            await self._retrying(partial(self._delete_attempt, kind, name), f"{kind} {name} not deleted")
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.error("Could not delete %s %s: %s", kind, name, e)
+            return f"{kind} {name} ({e})"
+
     async def delete_each(self, objects: list[tuple[str, str]]) -> None:
-        """Delete every ``(kind, name)``, each on its own (404 is fine); raise once at the end if any failed."""
-        failures = []
-        for kind, name in objects:
-            try:
-                await self._retrying(partial(self._delete_attempt, kind, name), f"{kind} {name} not deleted")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.log.error("Could not delete %s %s: %s", kind, name, e)
-                failures.append(f"{kind} {name} ({e})")
+        """Delete every ``(kind, name)``, each on its own and all at once (404 is fine), so a
+        stop waits at most one ``retry_timeout``; raise once at the end if any failed."""
+        results = await asyncio.gather(*(self._delete_one(kind, name) for kind, name in objects))
+        failures = [f for f in results if f is not None]
         if failures:
             raise SessionCleanupError(
                 f"could not delete {'; '.join(failures)}; they are owned by the pod and will be garbage-collected with it"

@@ -172,7 +172,20 @@ async def test_stop_deletes_every_object_even_when_the_first_delete_fails(make):
     assert "IngressRouteTCP casa-dask-alice" in str(err.value) and "403" in str(err.value)
     assert "Secret" not in str(err.value)  # the 500 was retried and succeeded
     deleted = [args[0] for m, args, _ in core.calls if m.startswith("delete")]
-    assert deleted == ["casa-dask-alice", "casa-creds-alice", "casa-creds-alice", "casa-scheduler-alice"]
+    assert deleted == ["casa-dask-alice", "casa-creds-alice", "casa-scheduler-alice", "casa-creds-alice"]
+
+
+async def test_deletes_that_all_hang_are_waited_for_once_not_one_after_another(make):
+    core = RecordingApi(delete_namespaced_service=["hang"] * 100, delete_namespaced_secret=["hang"] * 200)
+    custom = RecordingApi(delete_namespaced_custom_object=["hang"] * 100)
+    sp = await make(core=core, custom=custom, k8s_api_request_timeout=1, k8s_api_request_retry_timeout=3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(SessionCleanupError) as err:
+        await asyncio.wait_for(sp.delete_session_objects(), 30)
+    assert loop.time() - started < 2 * 3 + 2  # one retry timeout (plus a last attempt), not four
+    for name in ["IngressRouteTCP casa-dask-alice", "Service casa-dask-alice", "Secret casa-creds-alice", "Secret casa-scheduler-alice"]:
+        assert name in str(err.value)
 
 
 async def test_unanswered_deletes_and_patches_are_logged_as_they_are_retried(make, caplog):
