@@ -245,7 +245,7 @@ def session_volumes(plan: SessionPlan, opts: KubeSessionOptions) -> list[dict]:
             "secret": {
                 "secretName": names.scheduler_secret,
                 "defaultMode": 0o444,
-                "items": [{"key": path.replace("/", "__"), "path": path} for path in plan.scheduler.files],
+                "items": [{"key": cred.key, "path": cred.path} for cred in plan.bundle.for_audience(b.SCHEDULER).files],
             },
         },
         {"name": CREDENTIALS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
