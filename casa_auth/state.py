@@ -7,13 +7,12 @@ Spawners read it (``auth_state["casa"]``) next to oauthenticator's own keys
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any, Iterable, Mapping
 
+from casa_hub.auth_state import CASA_KEY, access_token_expiry  # noqa: F401 -- spawners read this shape there
 from casa_hub.names import user_slug
 
-CASA_KEY = "casa"
 #: bump when the shape changes incompatibly
 STATE_VERSION = 1
 
@@ -51,10 +50,3 @@ def token_expires_at(token_response: Mapping[str, Any] | None, now: float | None
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool):
         return int((time.time() if now is None else now) + expires_in)
     return None
-
-
-def access_token_expiry(auth_state: Mapping[str, Any] | None) -> dt.datetime | None:
-    """When the user's access token expires (UTC), if known: what a spawner passes on with the bearer token."""
-    casa = (auth_state or {}).get(CASA_KEY) or {}
-    ts = casa.get("access_token_expires_at")
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc) if ts else None

@@ -49,6 +49,7 @@ from kubernetes_asyncio.client.models import V1Container, V1Volume, V1VolumeMoun
 from traitlets import Callable, Dict, Float, Instance, Int, List, Unicode, default, validate
 
 from casa_hub import bundle as b
+from casa_hub.auth_state import AccessToken, access_token_from
 from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
@@ -184,7 +185,7 @@ class CasaKubeSpawner(KubeSpawner):
 
         return casa_then_operator_hook
 
-    _access_token: str | None = None
+    _access_token: AccessToken | None = None
     _plan: SessionPlan | None = None
     _bundle: CredentialBundle | None = None
 
@@ -216,13 +217,19 @@ class CasaKubeSpawner(KubeSpawner):
 
     async def run_auth_state_hook(self, auth_state):
         """Keep the IdP access token: it becomes the WLCG bearer token when no XCache secret is set."""
-        self._access_token = (auth_state or {}).get("access_token")
+        self._access_token = access_token_from(auth_state)
         await super().run_auth_state_hook(auth_state)
 
     async def plan_new_session(self) -> SessionPlan:
         """Issue a fresh bundle (off the event loop: key files, signatures, keygens) and plan the session."""
         username = self.user.name
-        bundle = await asyncio.to_thread(self.facility.issue_bundle, username, access_token=self._access_token)
+        token = self._access_token
+        bundle = await asyncio.to_thread(
+            self.facility.issue_bundle,
+            username,
+            access_token=token.token if token else None,
+            access_token_expires_at=token.expires_at if token else None,
+        )
         return plan_session(self.facility, username, bundle, entry_point=self.ingress_route_entry_points[0])
 
     # -- start ----------------------------------------------------------------
@@ -353,9 +360,14 @@ class CasaKubeSpawner(KubeSpawner):
         if current is not None and current.kind == "bearer-token":
             # the authenticator refreshes the access token in auth_state; pass the fresh one on
             auth_state = await self.user.get_auth_state()
-            access_token = (auth_state or {}).get("access_token") or access_token
+            access_token = access_token_from(auth_state) or access_token
         renewed = await asyncio.to_thread(
-            self.facility.renew_bundle, self.user.name, bundle, access_token=access_token, now=now
+            self.facility.renew_bundle,
+            self.user.name,
+            bundle,
+            access_token=access_token.token if access_token else None,
+            access_token_expires_at=access_token.expires_at if access_token else None,
+            now=now,
         )
         if renewed is None:
             return []

@@ -12,6 +12,7 @@ from pymacaroons import Macaroon, Verifier
 from traitlets.config import Config
 
 from casa_hub import bundle as b
+from casa_hub.auth_state import access_token_from
 from casa_hub.condor_token import derive_signing_key
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
@@ -299,3 +300,23 @@ def test_atomic_write_that_fails_leaves_no_temporary_file_and_no_open_descriptor
     assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
     assert target.read_bytes() == b"old"
     assert stat.S_IMODE(os.stat(atomic_write(target, b"new", mode=0o640)).st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    "auth_state,token,expires",
+    [
+        (None, None, None),
+        ({}, None, None),
+        ({"access_token": ""}, None, None),
+        ({"access_token": "at"}, "at", None),
+        ({"access_token": "at", "casa": {"access_token_expires_at": 1800000000}}, "at", dt.datetime.fromtimestamp(1800000000, dt.timezone.utc)),
+        ({"access_token": "at", "casa": {"access_token_expires_at": "soon"}}, "at", None),
+        ({"access_token": "at", "casa": "not a dict"}, "at", None),
+    ],
+)
+def test_access_token_from_auth_state(auth_state, token, expires):
+    found = access_token_from(auth_state)
+    assert (found.token if found else None) == token
+    assert (found.expires_at if found else None) == expires
+    if found:
+        assert token not in repr(found)

@@ -144,7 +144,7 @@ async def spawner(tmp_path):
 
 
 async def test_pod_manifest_validates_and_keeps_keys_apart(spawner):
-    spawner._access_token = "idp-access-token"
+    await spawner.run_auth_state_hook({"access_token": "idp-access-token"})
     spawner._plan = await spawner.plan_new_session()
     pod = ko.to_json(await spawner.get_pod_manifest())
     validate_kubernetes(pod)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import time
 import json
 import logging
 from types import SimpleNamespace
@@ -267,13 +268,17 @@ async def test_access_token_from_auth_state_becomes_the_bearer_token(tmp_path, m
     from casa_hub.facility import Facility
 
     sp = await make(facility=Facility(config=cfg))
-    await sp.run_auth_state_hook({"access_token": "idp-token-1", "refresh_token": "r"})
+    expiry = int(time.time()) + 3600
+    await sp.run_auth_state_hook({"access_token": "idp-token-1", "refresh_token": "r", "casa": {"access_token_expires_at": expiry}})
     await planned(sp)
-    assert sp._bundle.get(b.BEARER_TOKEN_PATH).content == b"idp-token-1\n"
+    bearer = sp._bundle.get(b.BEARER_TOKEN_PATH)
+    assert bearer.content == b"idp-token-1\n"
+    assert bearer.expires_at == dt.datetime.fromtimestamp(expiry, dt.timezone.utc)  # the IdP's expiry travels with it
 
-    sp.user.auth_state = {"access_token": "idp-token-2"}  # refreshed by the authenticator
+    sp.user.auth_state = {"access_token": "idp-token-2", "casa": {"access_token_expires_at": expiry + 3600}}  # refreshed
     assert await sp.renew_credentials() == [b.BEARER_TOKEN_PATH]
     assert base64.b64decode(sp.api.calls[-1][1][2]["data"]["bearer_token"]) == b"idp-token-2\n"
+    assert sp._bundle.get(b.BEARER_TOKEN_PATH).expires_at == dt.datetime.fromtimestamp(expiry + 3600, dt.timezone.utc)
 
 
 async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart(make, tmp_path):
