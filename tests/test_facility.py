@@ -308,10 +308,10 @@ def test_atomic_write_that_fails_leaves_no_temporary_file_and_no_open_descriptor
         (None, None, None),
         ({}, None, None),
         ({"access_token": ""}, None, None),
-        ({"access_token": "at"}, "at", None),
-        ({"access_token": "at", "casa": {"access_token_expires_at": 1800000000}}, "at", dt.datetime.fromtimestamp(1800000000, dt.timezone.utc)),
-        ({"access_token": "at", "casa": {"access_token_expires_at": "soon"}}, "at", None),
-        ({"access_token": "at", "casa": "not a dict"}, "at", None),
+        ({"access_token": "at-9f3c2e"}, "at-9f3c2e", None),
+        ({"access_token": "at-9f3c2e", "casa": {"access_token_expires_at": 1800000000}}, "at-9f3c2e", dt.datetime.fromtimestamp(1800000000, dt.timezone.utc)),
+        ({"access_token": "at-9f3c2e", "casa": {"access_token_expires_at": "soon"}}, "at-9f3c2e", None),
+        ({"access_token": "at-9f3c2e", "casa": "not a dict"}, "at-9f3c2e", None),
     ],
 )
 def test_access_token_from_auth_state(auth_state, token, expires):
