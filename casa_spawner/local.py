@@ -29,6 +29,7 @@ from jupyterhub.utils import random_port
 from traitlets import Float, Instance, Unicode, default
 
 from casa_hub import bundle as b
+from casa_hub.auth_state import AccessToken, access_token_from
 from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
@@ -186,9 +187,14 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             raise
 
     async def _materialise(self) -> SessionPlan:
-        access_token = await self._access_token()
+        token = await self._access_token()
         await asyncio.to_thread(self.facility.load_secrets)
-        bundle = await asyncio.to_thread(self.facility.issue_bundle, self.user.name, access_token=access_token)
+        bundle = await asyncio.to_thread(
+            self.facility.issue_bundle,
+            self.user.name,
+            access_token=token.token if token else None,
+            access_token_expires_at=token.expires_at if token else None,
+        )
         plan = plan_session(self.facility, self.user.name, bundle, entry_point=self.dask_entry_point)
         port, dashboard_port = random_port(), random_port()
         scheduler = dataclasses.replace(plan.scheduler, port=port, dashboard_port=dashboard_port)
@@ -206,9 +212,8 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         bundle.for_audience(b.NOTEBOOK).write_to(self.credentials_dir)
         bundle.for_audience(b.SCHEDULER).write_to(self.scheduler_dir)
 
-    async def _access_token(self) -> str | None:
-        auth_state = await self.user.get_auth_state() if self.user else None
-        return (auth_state or {}).get("access_token")
+    async def _access_token(self) -> AccessToken | None:
+        return access_token_from(await self.user.get_auth_state() if self.user else None)
 
     async def _start_scheduler(self, plan: SessionPlan) -> None:
         # the dashboard has no authentication of its own: loopback only on a shared machine
@@ -261,8 +266,14 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             if self.bundle is None:  # no session, or torn down while this renewal waited
                 return
             try:
-                access_token = await self._access_token()
-                renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, self.bundle, access_token=access_token)
+                token = await self._access_token()
+                renewed = await asyncio.to_thread(
+                    self.facility.renew_bundle,
+                    self.user.name,
+                    self.bundle,
+                    access_token=token.token if token else None,
+                    access_token_expires_at=token.expires_at if token else None,
+                )
             except Exception as exc:  # the current credentials stay valid until they expire: try again next poll
                 self.log.error("Could not renew credentials of %s: %s", self._log_name, exc)
                 return

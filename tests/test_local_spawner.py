@@ -342,3 +342,24 @@ async def test_a_stop_during_a_renewal_leaves_no_credentials_behind(make_spawner
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "credentials").exists() and not (tmp_path / "scheduler").exists()
     assert "casa" not in spawner.get_state() and spawner.bundle is None
+
+
+async def test_idp_access_token_becomes_the_bearer_token_with_its_expiry(tmp_path):
+    """Without an XCache secret the notebook's BEARER_TOKEN_FILE holds the IdP token, expiring when it does."""
+    expiry = int(time.time()) + 3600
+    user = FakeUser("alice", {"access_token": "idp-token-5e1f", "casa": {"access_token_expires_at": expiry}})
+    spawner = CasaLocalSpawner(
+        user=user, hub=Hub(), cmd=NOTEBOOK, facility=Facility(domain="casa.test"),
+        state_dir=str(tmp_path / "state"), routes_dir=str(tmp_path / "routes"),
+    )
+    spawner.api_token = secrets.token_hex(16)
+    try:
+        await spawner.start()
+        token_file = Path(spawner.get_env()["BEARER_TOKEN_FILE"])
+        assert token_file.read_text() == "idp-token-5e1f\n"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        bearer = spawner.bundle.get("bearer_token")
+        assert bearer.expires_at.timestamp() == expiry
+    finally:
+        await spawner.stop()
+    assert leftovers(tmp_path) == []
