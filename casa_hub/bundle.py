@@ -12,7 +12,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_write
+from .files import atomic_write, make_private_dir
 
 # who reads a file: the notebook container, the scheduler sidecar, batch workers
 NOTEBOOK, SCHEDULER, WORKER = "notebook", "scheduler", "worker"
@@ -49,6 +49,30 @@ class CredentialFile:
             return False
         life = (self.expires_at - self.issued_at).total_seconds()
         return (now - self.issued_at).total_seconds() >= fraction * life
+
+    def metadata(self) -> dict:
+        """Everything but the content, JSON-ready: what a spawner's state keeps across a hub restart."""
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "audiences": sorted(self.audiences),
+            "mode": self.mode,
+            "issued_at": self.issued_at.isoformat() if self.issued_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict, content: bytes) -> "CredentialFile":
+        """The file described by :meth:`metadata`, with ``content`` (read back, or a placeholder)."""
+        return cls(
+            meta["path"],
+            content,
+            meta["kind"],
+            frozenset(meta["audiences"]),
+            meta.get("mode", 0o600),
+            issued_at=dt.datetime.fromisoformat(meta["issued_at"]) if meta.get("issued_at") else None,
+            expires_at=dt.datetime.fromisoformat(meta["expires_at"]) if meta.get("expires_at") else None,
+        )
 
     @property
     def key(self) -> str:
@@ -96,18 +120,13 @@ class CredentialBundle:
         the old one, so a reader sees either the old or the new credential, never half.
         """
         root = Path(directory)
-        _make_private_dir(root)
+        make_private_dir(root)
         written = []
         for cred in self.files:
             parent = root
             for part in Path(cred.path).parts[:-1]:
                 parent = parent / part
-                _make_private_dir(parent)
+                make_private_dir(parent)
             target = atomic_write(root / cred.path, cred.content, mode=cred.mode)
             written.append(target)
         return written
-
-
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)

@@ -1,4 +1,5 @@
-"""Atomic file replacement: readers see the old file or the new one, never half of either."""
+"""Credential files on disk: private directories, and atomic replacement (readers see the old
+file or the new one, never half of either)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ def atomic_write(
             pass
         raise
     return target
+
+
+def make_private_dir(path: str | os.PathLike) -> None:
+    """Create ``path`` (and parents) and make it 0700, whatever mode it had."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)

@@ -393,17 +393,7 @@ class CasaKubeSpawner(KubeSpawner):
     def get_state(self):
         state = super().get_state()
         if self._bundle is not None:
-            state["casa_renewable"] = [
-                {
-                    "path": f.path,
-                    "kind": f.kind,
-                    "audiences": sorted(f.audiences),
-                    "issued_at": f.issued_at.isoformat() if f.issued_at else None,
-                    "expires_at": f.expires_at.isoformat() if f.expires_at else None,
-                }
-                for f in self._bundle.files
-                if f.kind in RENEWABLE_KINDS
-            ]
+            state["casa_renewable"] = [f.metadata() for f in self._bundle.files if f.kind in RENEWABLE_KINDS]
         return state
 
     def load_state(self, state):
@@ -412,19 +402,7 @@ class CasaKubeSpawner(KubeSpawner):
         super().load_state(state)
         saved = state.get("casa_renewable")
         if saved is not None and self._bundle is None:
-            self._bundle = CredentialBundle(
-                tuple(
-                    CredentialFile(
-                        s["path"],
-                        b"",
-                        s["kind"],
-                        frozenset(s["audiences"]),
-                        issued_at=dt.datetime.fromisoformat(s["issued_at"]) if s["issued_at"] else None,
-                        expires_at=dt.datetime.fromisoformat(s["expires_at"]) if s["expires_at"] else None,
-                    )
-                    for s in saved
-                )
-            )
+            self._bundle = CredentialBundle(tuple(CredentialFile.from_metadata(s, b"") for s in saved))
 
     def clear_state(self):
         super().clear_state()

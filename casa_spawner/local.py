@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import os
 import shutil
 import signal
@@ -32,6 +31,7 @@ from casa_hub import bundle as b
 from casa_hub.auth_state import AccessToken, access_token_from
 from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.errors import ConfigurationError
+from casa_hub.files import make_private_dir
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
@@ -135,7 +135,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
                 "scheduler_port": self.scheduler_port,
                 "session_dir": self.session_dir,
                 "route_name": self.route_name,
-                "credentials": [_file_meta(f) for f in (self.bundle.files if self.bundle else ())],
+                "credentials": [f.metadata() for f in (self.bundle.files if self.bundle else ())],
             }
         return state
 
@@ -201,7 +201,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         plan = dataclasses.replace(plan, scheduler=scheduler)
         self.bundle, self.scheduler_port, self.route_name = bundle, port, plan.route.name
 
-        await asyncio.to_thread(_make_private_dir, self.session_dir)
+        await asyncio.to_thread(make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
         await self._start_scheduler(plan)
         await asyncio.to_thread(write_route_file, self.routes_dir, plan.route, f"{self.scheduler_host}:{port}")
@@ -331,11 +331,6 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
 # -- helpers ------------------------------------------------------------------
 
 
-def _make_private_dir(path: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
 def _killpg(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # start_new_session: the scheduler leads its own group
@@ -375,17 +370,6 @@ def _tail(path: str, lines: int = 20) -> str:
         return ""
 
 
-def _file_meta(cred: CredentialFile) -> dict:
-    return {
-        "path": cred.path,
-        "kind": cred.kind,
-        "audiences": sorted(cred.audiences),
-        "mode": cred.mode,
-        "issued_at": cred.issued_at.isoformat() if cred.issued_at else None,
-        "expires_at": cred.expires_at.isoformat() if cred.expires_at else None,
-    }
-
-
 def _bundle_from_disk(credentials_dir: str, scheduler_dir: str, metas: list[dict]) -> CredentialBundle | None:
     """The session's bundle after a hub restart: contents from the files, times from the state."""
     files = []
@@ -396,11 +380,5 @@ def _bundle_from_disk(credentials_dir: str, scheduler_dir: str, metas: list[dict
             content = Path(root, meta["path"]).read_bytes()
         except OSError:
             return None
-        files.append(
-            CredentialFile(
-                meta["path"], content, meta["kind"], audiences, meta["mode"],
-                issued_at=dt.datetime.fromisoformat(meta["issued_at"]) if meta["issued_at"] else None,
-                expires_at=dt.datetime.fromisoformat(meta["expires_at"]) if meta["expires_at"] else None,
-            )
-        )
+        files.append(CredentialFile.from_metadata(meta, content))
     return CredentialBundle(tuple(files)) if files else None

@@ -320,3 +320,11 @@ def test_access_token_from_auth_state(auth_state, token, expires):
     assert (found.expires_at if found else None) == expires
     if found:
         assert token not in repr(found)
+
+
+def test_credential_metadata_round_trips_without_content(facility):
+    """What spawner state keeps across a hub restart: everything but the credential itself."""
+    for cred in facility.issue_bundle("alice", now=NOW).files:
+        meta = cred.metadata()
+        assert cred.content.decode(errors="replace")[:30] not in repr(meta)
+        assert b.CredentialFile.from_metadata(meta, cred.content) == cred
