@@ -1,4 +1,4 @@
-"""The facility configuration shared by spawners, services and the CLI, and what it issues.
+"""The facility configuration shared by spawners, services and `casa render`, and what it issues.
 
 ``Facility`` is a traitlets ``Configurable``: operators set ``c.Facility.domain`` and
 friends in ``jupyterhub_config.py``.  Key files are read once, on first use, and
