@@ -1,7 +1,7 @@
 """Dask data transfer through Traefik's TLS passthrough vs. a direct TLS connection.
 
 One real scheduler and one worker with a session's TLS bundle (``casa_hub``), one Traefik
-(``casa_spawner.traefik.TraefikProcess``) with the user's SNI route.  Two clients with the
+(``casa_spawner.demo.traefik.TraefikProcess``) with the user's SNI route.  Two clients with the
 same client certificate: one connects to the scheduler directly, one to Traefik's ``dask``
 entry point sending ``<slug>.dask.<domain>`` as SNI.  Each scatters a payload to the
 worker through the scheduler (``direct=False``, the only way a client outside the
@@ -29,8 +29,10 @@ from distributed import Client
 from casa_hub import bundle as b
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
-from casa_spawner.cluster import SchedulerConnection
-from casa_spawner.traefik import TraefikProcess, free_port, write_route_file
+from casa_session.cluster import SchedulerConnection
+from casa_spawner.demo.traefik import TraefikProcess
+from casa_spawner.local.routes import write_route_file
+from casa_spawner.ports import free_port
 
 USER = "alice"
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from casa_hub.dask_tls import make_session_tls
-from casa_spawner.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
+from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
 from casa_spawner.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from casa_spawner.credsync import CredentialSync, SyncError, key_to_path, main
+from casa_session.credsync import CredentialSync, SyncError, key_to_path, main
 
 NOBODY = 65534
 
@@ -181,12 +181,14 @@ def test_missing_source_is_a_clear_error(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
-def test_once_as_init_container(tmp_path):
+@pytest.mark.parametrize("module", ["casa_session.credsync", "casa_spawner.credsync"])
+def test_once_as_init_container(tmp_path, module):
+    """The sidecar's module, and the name pod specs of sessions started before the move still carry."""
     secret = KubeletSecretVolume(tmp_path / "secret")
     secret.publish(BUNDLE)
     creds = tmp_path / "creds"
     done = subprocess.run(
-        [sys.executable, "-m", "casa_spawner.credsync", "--from", str(secret.root), "--to", str(creds),
+        [sys.executable, "-m", module, "--from", str(secret.root), "--to", str(creds),
          "--uid", str(NOBODY), "--gid", str(NOBODY), "--once"],
         capture_output=True, text=True, timeout=60,
     )
@@ -209,7 +211,7 @@ def test_sidecar_follows_renewals_and_stops_on_sigterm(tmp_path):
     secret.publish(BUNDLE)
     creds = tmp_path / "creds"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "casa_spawner.credsync", "--from", str(secret.root), "--to", str(creds),
+        [sys.executable, "-m", "casa_session.credsync", "--from", str(secret.root), "--to", str(creds),
          "--interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from casa_spawner.cluster import SchedulerConnection
+from casa_session.cluster import SchedulerConnection
 from casa_spawner.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -436,7 +436,7 @@ def test_a_part_dying_stops_the_rest_and_exits_nonzero(tmp_path):
 
 ORPHANS_SCRIPT = r"""
 import os, subprocess, time
-from casa_spawner import demo
+from casa_spawner.demo import command as demo
 demo._become_subreaper()
 # a child that leaves a grandchild behind when SIGTERM ends it: the grandchild becomes our orphan
 subprocess.Popen(["sh", "-c", "sleep 600 & trap 'exit 0' TERM; while :; do sleep 0.1; done"],

@@ -104,7 +104,7 @@ def test_z2jh_values_match_the_hub_config(facility):
     keys_dir = hub["extraEnv"]["CASA_KEYS_DIR"]
     assert Facility(config=cfg).signing_key_file.startswith(keys_dir + "/")
     (init,) = hub["initContainers"]
-    assert init["command"][:3] == ["python3", "-m", "casa_spawner.credsync"] and "--once" in init["command"]
+    assert init["command"][:3] == ["python3", "-m", "casa_session.credsync"] and "--once" in init["command"]
     assert init["command"][init["command"].index("--to") + 1] == keys_dir
     # the hub's extra containers and volumes are valid Kubernetes
     validate_kubernetes({

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from casa_hub import bundle as b
 from casa_hub.names import SLUG_MAX_LENGTH, user_slug
 from casa_hub.plan import plan_session
-from casa_spawner import kube_objects as ko
+from casa_spawner.kube import objects as ko
 from casa_spawner.kube import CasaKubeSpawner
 from casa_kube_helpers import (
     TRAEFIK_CRDS,

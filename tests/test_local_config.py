@@ -21,7 +21,7 @@ def load(path: Path, env: dict, monkeypatch):
 
 def test_the_packaged_config_ships_inside_the_package():
     packaged = Path(casa_spawner.LOCAL_HUB_CONFIG)
-    assert packaged.is_file() and packaged.parent == Path(casa_spawner.__file__).parent
+    assert packaged.is_file() and packaged.parent == Path(casa_spawner.__file__).parent / "local"
 
 
 def test_repo_config_loads_the_packaged_settings(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_repo_config_loads_the_packaged_settings(tmp_path, monkeypatch):
 
 
 def test_an_ipv6_address_is_bracketed_in_urls(tmp_path, monkeypatch):
-    from casa_spawner.demo import DemoSettings
+    from casa_spawner.demo.command import DemoSettings
 
     assert DemoSettings(state_dir=tmp_path, ip="::1", port=8123).public_url == "http://[::1]:8123/"
     cfg = load(Path(casa_spawner.LOCAL_HUB_CONFIG),

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from casa_spawner.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
-from casa_spawner.traefik import TraefikProcess, free_port
-from casa_spawner.xcache import ensure_macaroon_secret
+from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
+from casa_spawner.demo.traefik import TraefikProcess
+from casa_spawner.ports import free_port
+from casa_spawner.demo.xcache import ensure_macaroon_secret
 from hub_process import start_hub
 from xrootd_server import start_xrootd
 

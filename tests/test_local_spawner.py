@@ -25,7 +25,7 @@ from jupyterhub.objects import Hub
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_spawner.local import CasaLocalSpawner
-from casa_spawner.xcache import ensure_macaroon_secret
+from casa_spawner.demo.xcache import ensure_macaroon_secret
 
 NOTEBOOK = [sys.executable, "-c", "import time; time.sleep(600)"]
 
@@ -310,9 +310,9 @@ async def test_stopping_an_unkillable_scheduler_after_a_restart_is_bounded(make_
     spawner.scheduler_pid, spawner.scheduler_stop_timeout = 2**22 + 1, 0.5
     # a scheduler from before the restart that no signal ends (e.g. stuck in the kernel)
     signals = []
-    monkeypatch.setattr("casa_spawner.local._is_our_process", lambda pid, d: True)
-    monkeypatch.setattr("casa_spawner.local._pid_exists", lambda pid: True)
-    monkeypatch.setattr("casa_spawner.local._killpg", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr("casa_spawner.local.spawner._is_our_process", lambda pid, d: True)
+    monkeypatch.setattr("casa_spawner.local.spawner._pid_exists", lambda pid: True)
+    monkeypatch.setattr("casa_spawner.local.spawner._killpg", lambda pid, sig: signals.append(sig))
     await asyncio.wait_for(spawner._stop_scheduler(), 10)
     assert signals == [signal.SIGTERM, signal.SIGKILL]
     assert spawner.scheduler_pid == 0 and "did not die on SIGKILL" in caplog.text

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from casa_spawner import kube_objects as ko
+from casa_spawner.kube import objects as ko
 from casa_kube_helpers import validate_ingress_route_tcp, validate_kubernetes
 
 REPO = Path(__file__).resolve().parents[1]

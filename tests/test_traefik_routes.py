@@ -18,17 +18,9 @@ import yaml
 from casa_hub.dask_tls import make_session_tls
 from casa_hub.errors import ConfigurationError
 from casa_hub.plan import TCPRoute
-from casa_spawner.traefik import (
-    PortInUseError,
-    TraefikError,
-    TraefikProcess,
-    free_port,
-    remove_route_file,
-    route_config,
-    route_file_name,
-    static_config,
-    write_route_file,
-)
+from casa_spawner.demo.traefik import PortInUseError, TraefikError, TraefikProcess, static_config
+from casa_spawner.local.routes import remove_route_file, route_config, route_file_name, write_route_file
+from casa_spawner.ports import free_port
 
 HOST = "alice.dask.casa.test"
 ROUTE = TCPRoute(name="casa-dask-alice", host=HOST, entry_point="dask", port=8786)

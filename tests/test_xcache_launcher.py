@@ -1,4 +1,4 @@
-"""``casa_spawner.xcache.XCacheServer`` against the real ``xrootd`` 5.5: what a user's token reads.
+"""``casa_spawner.demo.xcache.XCacheServer`` against the real ``xrootd`` 5.5: what a user's token reads.
 
 One server per test module; every request is made over HTTP on loopback as a notebook's
 client would, with the macaroon the hub's ``Facility`` issues.
@@ -20,7 +20,7 @@ import pytest
 
 from casa_hub.errors import CasaError
 from casa_hub.facility import Facility
-from casa_spawner.xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret, xrootd_config
+from casa_spawner.demo.xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret, xrootd_config
 
 SITE = "CASA_XC_TEST"
 

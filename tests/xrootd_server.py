@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casa_spawner.ports import free_port
-from casa_spawner.xcache import xrootd_config
+from casa_spawner.demo.xcache import xrootd_config
 
 __all__ = ["XRootDServer", "XRootDStartError", "start_xrootd", "xrootd_config"]
 

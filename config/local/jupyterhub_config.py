@@ -2,7 +2,7 @@
 #
 #     CASA_LOCAL_STATE_DIR=/var/lib/casa jupyterhub -f config/local/jupyterhub_config.py
 #
-# The settings live in the package (casa_spawner/local_hub_config.py, documented there), so that
+# The settings live in the package (casa_spawner/local/jupyterhub_config.py, documented there), so that
 # `casa demo` finds them from any install; this file loads them, then applies site overrides.
 
 import casa_spawner

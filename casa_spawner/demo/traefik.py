@@ -1,13 +1,8 @@
-"""Traefik for the one-machine facility: config builders, per-user route files, the process.
+"""Traefik's ``dask`` entry point for the one-machine facility: its static configuration and the process.
 
-The builders are pure (plain dicts, like kubespawner's ``objects.py``); the route
-files and :class:`TraefikProcess` are the side effects.  Each user's route is one
-file in a directory Traefik's file provider watches: SNI ``<slug>.dask.<domain>``
-on the ``dask`` entry point, TLS passed through untouched to the user's scheduler
-(the scheduler does the mutual TLS; Traefik never holds a key).
-
-Traefik reloads the directory on change, a moment after the file lands: callers
-that need the route live must wait (bounded) until it answers.
+The builder is pure (a plain dict, like kubespawner's ``objects.py``);
+:class:`TraefikProcess` is the side effect.  Its file provider watches the directory
+where ``casa_spawner.local.routes`` writes one route file per user.
 """
 
 from __future__ import annotations
@@ -24,15 +19,12 @@ from pathlib import Path
 
 import yaml
 
-from casa_hub.files import atomic_write
 from casa_hub.errors import CasaError, ConfigurationError
-from casa_hub.plan import TCPRoute
 
-from .ports import free_port, port_is_free, tcp_accepts  # noqa: F401 -- re-exported for the demo and tests
+from ..ports import free_port, port_is_free, tcp_accepts
 
 log = logging.getLogger("casa.traefik")
 
-ROUTE_SUFFIX = ".yml"
 PING_ENTRY_POINT = "ping"
 LOG_TAIL_LINES = 30
 
@@ -77,57 +69,6 @@ def static_config(
         "log": {"level": log_level},
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
     }
-
-
-def route_config(route: TCPRoute, address: str) -> dict:
-    """One user's dynamic configuration: SNI ``route.host`` -> ``address``, TLS passed through."""
-    if not address or ":" not in address:
-        raise ValueError(f"route address must be host:port, got {address!r}")
-    router = {
-        "rule": route.rule,
-        "entryPoints": [route.entry_point],
-        "service": route.name,
-        "tls": {"passthrough": bool(route.passthrough)},
-    }
-    return {
-        "tcp": {
-            "routers": {route.name: router},
-            "services": {route.name: {"loadBalancer": {"servers": [{"address": address}]}}},
-        }
-    }
-
-
-def route_file_name(route: TCPRoute | str) -> str:
-    name = route if isinstance(route, str) else route.name
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"bad route name {name!r}")
-    return name + ROUTE_SUFFIX
-
-
-# -- route files ---------------------------------------------------------------
-
-
-def write_route_file(routes_dir: str | os.PathLike, route: TCPRoute, address: str) -> Path:
-    """Write the user's route atomically (temp file in the same directory, then rename).
-
-    The temporary name ends in ``.tmp``, which Traefik's file provider ignores, so it
-    never loads a half-written route.
-    """
-    directory = Path(routes_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / route_file_name(route)
-    text = yaml.safe_dump(route_config(route, address), sort_keys=False)
-    atomic_write(target, text.encode(), mode=0o644, suffix=".tmp")
-    return target
-
-
-def remove_route_file(routes_dir: str | os.PathLike, route: TCPRoute | str) -> bool:
-    """Remove the user's route file; False if it was not there."""
-    try:
-        os.unlink(Path(routes_dir) / route_file_name(route))
-        return True
-    except FileNotFoundError:
-        return False
 
 
 # -- the process ---------------------------------------------------------------

@@ -35,8 +35,8 @@ from casa_hub.files import make_private_dir
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
-from .ports import tcp_accepts
-from .traefik import remove_route_file, write_route_file
+from ..ports import tcp_accepts
+from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
 

@@ -7,7 +7,7 @@
 #     CASA_LOCAL_STATE_DIR=/var/lib/casa jupyterhub -f config/local/jupyterhub_config.py
 #
 # then start Traefik with a `dask` entry point watching $CASA_LOCAL_STATE_DIR/traefik/routes
-# (casa_spawner.traefik.TraefikProcess does it).  Every setting is an ordinary traitlet:
+# (casa_spawner.demo.traefik.TraefikProcess does it).  Every setting is an ordinary traitlet:
 # override any of them below the `--- site overrides ---` line or in a second config file.
 #
 # CASA_LOCAL_STATE_DIR         where everything lives (hub database, sessions, routes, logs)

@@ -35,7 +35,7 @@ from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
 
-from .ports import free_port
+from ..ports import free_port
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"

@@ -68,7 +68,7 @@ class KubeSessionOptions:
     scheduler_python: str = "python3"
     scheduler_resources: dict = field(default_factory=dict)
     credsync_image: str = "quay.io/jupyter/base-notebook:latest"
-    credsync_command: tuple[str, ...] = ("python3", "-m", "casa_spawner.credsync")
+    credsync_command: tuple[str, ...] = ("python3", "-m", "casa_session.credsync")
     credsync_interval: float = 5.0
     uid: int = 1000
     gid: int = 100

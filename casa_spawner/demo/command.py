@@ -2,11 +2,11 @@
 
 It starts, in this order, and stops in reverse on Ctrl-C (SIGINT) or SIGTERM:
 
-1. where ``xrootd`` is installed, the XCache stand-in (:class:`~casa_spawner.xcache.XCacheServer`)
+1. where ``xrootd`` is installed, the XCache stand-in (:class:`~casa_spawner.demo.xcache.XCacheServer`)
    with a demo data file and one area per user, checking the hub's macaroons;
-2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.traefik.TraefikProcess`), watching
+2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.demo.traefik.TraefikProcess`), watching
    the directory where ``CasaLocalSpawner`` writes one route file per user;
-3. JupyterHub with the packaged ``local_hub_config.py`` (demo users or an OIDC provider,
+3. JupyterHub with the packaged ``casa_spawner/local/jupyterhub_config.py`` (demo users or an OIDC provider,
    ``CasaLocalSpawner``, and its own Traefik as the HTTP proxy -- pip only, no npm).
 
 Everything lives in a state directory (a lock file keeps a second demo out of it); the
@@ -37,7 +37,8 @@ from pathlib import Path
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.names import user_names, validate_domain
 
-from .traefik import PortInUseError, TraefikProcess, free_port, port_is_free, traefik_binary
+from ..ports import free_port, port_is_free
+from .traefik import PortInUseError, TraefikProcess, traefik_binary
 from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
 
 DEFAULT_STATE_DIR = "~/.local/share/casa-demo"
@@ -45,7 +46,7 @@ DEMO_USERS = ("alice", "bob")
 DEMO_ADMINS = ("alice",)
 XCACHE_SITE = "CASA_DEMO"
 #: the one-machine facility's JupyterHub configuration, next to the package in the source tree
-CONFIG_FILE = Path(__file__).with_name("local_hub_config.py")  # packaged: works from any install
+CONFIG_FILE = Path(__file__).parents[1] / "local" / "jupyterhub_config.py"  # packaged: works from any install
 HUB_STOP_TIMEOUT = 30.0
 
 
@@ -116,7 +117,7 @@ class Ports:
 
 
 def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "") -> dict[str, str]:
-    """The ``CASA_LOCAL_*`` variables ``local_hub_config.py`` reads.
+    """The ``CASA_LOCAL_*`` variables the packaged hub configuration reads.
 
     No master secret: the macaroon secret goes as a file path.  The demo password (set only
     when the demo listens beyond loopback) is a value here, and is printed in the banner too.
@@ -476,7 +477,7 @@ def register(subparsers) -> None:
     p.add_argument("--domain", default="localhost", help="Dask domain: schedulers are tls://<user>.dask.<domain> (default localhost)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"where the demo keeps its files (default {DEFAULT_STATE_DIR})")
     p.add_argument("--no-xcache", action="store_true", help="do not start the XCache stand-in even if xrootd is installed")
-    p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local_hub_config.py)")
+    p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local/jupyterhub_config.py)")
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")
     p.add_argument("--oidc-client-id", metavar="ID")

@@ -21,7 +21,7 @@ Lifecycle (KubeSpawner's own steps in brackets):
    at once (404 is fine; one failure does not skip another; the wait is at most one
    ``k8s_api_request_retry_timeout``), and report what could not be deleted.
 
-Kubernetes API calls beyond KubeSpawner's pods and events (made by ``casa_spawner.kube_api``,
+Kubernetes API calls beyond KubeSpawner's pods and events (made by ``casa_spawner.kube.api``,
 which also holds the retry pattern; the fake API in tests/fake_kube answers them):
 
 - ``POST /api/v1/namespaces/{ns}/secrets``; ``PUT .../secrets/{name}`` (replace after a 409);
@@ -54,8 +54,8 @@ from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
-from . import kube_objects as ko
-from .kube_api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
+from . import objects as ko
+from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
 
@@ -124,10 +124,10 @@ class CasaKubeSpawner(KubeSpawner):
     )
     credsync_command = List(
         Unicode(),
-        ["python3", "-m", "casa_spawner.credsync"],
+        ["python3", "-m", "casa_session.credsync"],
         minlen=1,
         config=True,
-        help="Command that runs ``casa_spawner.credsync`` in ``credsync_image`` (its arguments are added).",
+        help="Command that runs ``casa_session.credsync`` in ``credsync_image`` (its arguments are added).",
     )
     credsync_interval = Float(5.0, config=True, help="Seconds between the sync sidecar's checks of the Secret volume.")
     credentials_mount_path = Unicode(

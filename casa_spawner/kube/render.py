@@ -20,7 +20,7 @@ import yaml
 
 from casa_hub.errors import ConfigurationError
 
-from .kube_objects import EXPIRES_ANNOTATION
+from .objects import EXPIRES_ANNOTATION
 
 REDACTED = "<redacted>"
 SENSITIVE_ENV_SUFFIXES = ("TOKEN", "SECRET", "PASSWORD")
@@ -66,7 +66,7 @@ def load_hub_config(path: str):
 
 
 def _spawner_class(config):
-    from .kube import CasaKubeSpawner
+    from .spawner import CasaKubeSpawner
 
     cls = config.JupyterHub.get("spawner_class", "")
     if cls in SPAWNER_NAMES or (isinstance(cls, type) and issubclass(cls, CasaKubeSpawner)):

@@ -1,0 +1,4 @@
+"""casa_session: code that runs inside a user's session, never in the hub (the credential-sync sidecar, CasaCluster).
+
+Kept free of imports here: ``python -m casa_session.credsync`` runs in a sidecar with the standard library only.
+"""
