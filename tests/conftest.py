@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from condor_pool import condor_pool  # noqa: F401 -- the real HTCondor pool, one per test session
+
 # Tests never talk to a real cluster: KubeSpawner's load_config() needs some kubeconfig,
 # and kubernetes_asyncio reads KUBECONFIG when first imported, so set it before any test
 # module imports it.  Spawners under test point k8s_api_host at tests/fake_kube's server.

@@ -1,0 +1,126 @@
+"""One way to run a helper process: start it in its own session with its output in a log, wait
+(bounded) until it is ready, say why it failed from the log's last lines, stop it: SIGTERM, then SIGKILL.
+
+Used for the processes the one-machine facility runs beside the hub.  Nothing here blocks the
+event loop: readiness probes are coroutines, and waits are ``asyncio`` waits with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+from casa_hub.errors import CasaError
+
+LOG_TAIL_LINES = 30
+
+
+class ProcessStartError(CasaError):
+    """A helper process exited while starting, or was not ready in time; the message quotes its log."""
+
+
+class ChildProcess:
+    """A child process in its own process group, its stdout and stderr appended to ``log_path``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: str | os.PathLike,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        user: str | int | None = None,
+        group: str | int | None = None,
+    ):
+        self.name = name  #: what the messages call it, e.g. ``"Traefik"``
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.user, self.group = user, group  #: run as this account (the caller must be root)
+        self.process: asyncio.subprocess.Process | None = None
+        self._log_start = 0  #: where this run's lines begin in the (appended) log
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {}
+        if self.user is not None:
+            extra["user"] = self.user
+        if self.group is not None:
+            extra["group"] = self.group
+            extra["extra_groups"] = []
+        with open(self.log_path, "ab") as log:
+            self._log_start = log.seek(0, os.SEEK_END)
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env=self.env, cwd=self.cwd, start_new_session=True, **extra,
+            )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines this run wrote (earlier runs' lines stay above them)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_start)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait_ready(self, probe: Callable[[], Awaitable[bool]], timeout: float, *, interval: float = 0.1,
+                         what: str = "ready") -> None:
+        """Return once ``probe()`` is true; raise :class:`ProcessStartError` if the process exits
+        first or ``timeout`` seconds pass (the process is left running: the caller stops it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise ProcessStartError(
+                    f"{self.name} exited with status {self.returncode} while starting:\n{self.log_tail()}"
+                )
+            if await probe():
+                return
+            if time.monotonic() >= deadline:
+                raise ProcessStartError(f"{self.name} was not {what} within {timeout:g}s:\n{self.log_tail()}")
+            await asyncio.sleep(interval)
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it; reap.  Idempotent.
+
+        Returns the exit status (None if it was never started)."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        # whatever the leader left in its group goes too (start_new_session: the group is its own)
+        _signal_group(proc.pid, signal.SIGKILL)
+        return await proc.wait()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
