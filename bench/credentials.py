@@ -4,7 +4,7 @@ Earlier facilities generated an RSA-2048 key per certificate inside the hub's
 event loop; a session needs three (scheduler, client, worker).  Both are timed
 in the same run; the figure that matters is the ratio.
 
-    python3 bench/credentials.py [--repeat N]
+    python3 -m bench.credentials [--repeat N]    (from the repository root)
 """
 
 from __future__ import annotations

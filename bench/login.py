@@ -9,22 +9,20 @@ redirects and the same provider login form, without page rendering time:
 hub ``/hub/oauth_login`` -> provider ``/authorize`` -> login form (POST) -> consent ->
 hub ``/hub/oauth_callback`` (code -> tokens -> userinfo -> groups -> user) -> ``/hub/home`` (200).
 
-    python3 bench/login.py [--logins N] [--batch B]
+    python3 -m bench.login [--logins N] [--batch B]    (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from auth_servers import hub_ports, jupyterhub, oauth_config, oidc_provider, provider_sign_in  # noqa: E402
+from tests.auth_servers import hub_ports, jupyterhub, oauth_config, oidc_provider, provider_sign_in
 
 SCOPES = ["openid", "profile", "email", "offline_access", "wlcg.groups"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from condor_pool import condor_pool  # noqa: F401 -- the real HTCondor pool, one per test session
+from tests.condor_pool import condor_pool  # noqa: F401 -- the real HTCondor pool, one per test session
 
 # Tests never talk to a real cluster: KubeSpawner's load_config() needs some kubeconfig,
 # and kubernetes_asyncio reads KUBECONFIG when first imported, so set it before any test

@@ -3,7 +3,7 @@
 import pytest
 from traitlets import TraitError
 
-from auth_mocks import ISSUER, MockHandler, MockIdP, MockUser
+from tests.auth_mocks import ISSUER, MockHandler, MockIdP, MockUser
 from casa_auth import CasaDummyAuthenticator, CasaOAuthenticator, LoginRefused
 
 USERS = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from auth_servers import CLIENT_SECRET, hub_ports, jupyterhub, oauth_config, oidc_provider
+from tests.auth_servers import CLIENT_SECRET, hub_ports, jupyterhub, oauth_config, oidc_provider
 
 pytestmark = pytest.mark.e2e
 

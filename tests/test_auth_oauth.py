@@ -6,7 +6,7 @@ import time
 import pytest
 from tornado import web
 
-from auth_mocks import CLIENT_ID, CLIENT_SECRET, ISSUER, MockHandler, MockIdP, MockUser
+from tests.auth_mocks import CLIENT_ID, CLIENT_SECRET, ISSUER, MockHandler, MockIdP, MockUser
 from casa_auth import CasaOAuthenticator, LoginProblem, LoginRefused
 from casa_hub.names import user_slug
 

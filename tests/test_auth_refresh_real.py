@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import requests
 
-from auth_mocks import MockHandler, MockUser
-from auth_servers import CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
+from tests.auth_mocks import MockHandler, MockUser
+from tests.auth_servers import CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 from casa_auth import CasaOAuthenticator
 
 pytestmark = pytest.mark.e2e

@@ -392,7 +392,7 @@ def test_sigterm_while_starting_stops_what_was_started(tmp_path):
 
 
 def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
-    from auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
+    from tests.auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 
     port = free_port()
     secret_file = tmp_path / "client-secret"

@@ -13,7 +13,7 @@ from traitlets.config import PyFileConfigLoader
 from casa_auth import CasaOAuthenticator
 from casa_hub.facility import Facility
 from casa_spawner.kube import CasaKubeSpawner
-from casa_kube_helpers import validate_kubernetes
+from tests.casa_kube_helpers import validate_kubernetes
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 FACILITIES = ["cms", "opendata"]

@@ -14,7 +14,7 @@ from casa_hub.names import SLUG_MAX_LENGTH, user_slug
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
 from casa_spawner.kube import CasaKubeSpawner
-from casa_kube_helpers import (
+from tests.casa_kube_helpers import (
     TRAEFIK_CRDS,
     assert_no_master_secret,
     ingress_route_tcp_schema,
@@ -23,8 +23,8 @@ from casa_kube_helpers import (
     validate_ingress_route_tcp,
     validate_kubernetes,
 )
-from fake_kube.spawners import make_spawner, reset_kubespawner
-from test_names import TRICKY
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner
+from tests.test_names import TRICKY
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -18,7 +18,7 @@ import pytest
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
-from casa_kube_helpers import facility_config
+from tests.casa_kube_helpers import facility_config
 
 
 def free_port() -> int:

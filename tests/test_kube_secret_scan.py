@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from casa_spawner.kube import CasaKubeSpawner
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
-from fake_kube.scan import documents, forbidden, leaks
-from fake_kube.spawners import make_spawner
+from tests.fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
+from tests.fake_kube.scan import documents, forbidden, leaks
+from tests.fake_kube.spawners import make_spawner
 
 USERS = ("alice", "Bob.Smith@cern.ch")
 PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S)
@@ -101,8 +101,8 @@ async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only
 
 def test_the_scan_finds_a_planted_secret():
     """The scanner itself: a key hidden base64-in-base64 at an odd offset inside a Secret is found."""
-    from fake_kube.fixtures import MasterSecrets
-    from fake_kube.server import Request
+    from tests.fake_kube.fixtures import MasterSecrets
+    from tests.fake_kube.server import Request
 
     master = MasterSecrets(b"k" * 7 + bytes(range(40)), bytes(range(100, 132)))
     inner = b"xx" + base64.b64encode(b"y" + master.macaroon_secret) + b"\n"

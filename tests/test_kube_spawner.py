@@ -19,8 +19,8 @@ from traitlets.config import Config
 
 from casa_hub import bundle as b
 from casa_spawner.kube import CasaKubeError, CasaKubeSpawner, SessionCleanupError, SessionObjectError
-from casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
-from fake_kube.spawners import make_spawner, reset_kubespawner
+from tests.casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner
 
 POD = {"metadata": {"name": "jupyter-alice", "uid": "0b5e7f4c-1111-4222-8333-444455556666"}}
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from casa_spawner.kube import objects as ko
-from casa_kube_helpers import validate_ingress_route_tcp, validate_kubernetes
+from tests.casa_kube_helpers import validate_ingress_route_tcp, validate_kubernetes
 
 REPO = Path(__file__).resolve().parents[1]
 CMS = str(REPO / "config/cms/jupyterhub_config.py")
