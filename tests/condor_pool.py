@@ -1,7 +1,7 @@
 """A real one-machine HTCondor pool for tests (``casa_spawner.demo.condor.CondorPool``), and its helpers.
 
 HTCondor is taken from PATH like on a site; without one the tests fall back to the build in
-``../shared/htcondor`` (``bin/``, ``sbin/``).  The pool runs on its own event loop in a background
+``shared/htcondor`` beside the checkout (``bin/``, ``sbin/``; :mod:`tests.paths`).  The pool runs on its own event loop in a background
 thread, so one pool serves every test of a session, sync or async.  Jobs run as ``nobody``,
 who cannot read root's home (where this Python lives): :func:`worker_python` is the Dask
 workers' interpreter that ``scripts/install-test-deps`` builds outside it.
@@ -22,14 +22,15 @@ import pytest
 from casa_hub.condor_token import make_idtoken
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall
+from tests.paths import SHARED
 
-SHARED_HTCONDOR = Path(__file__).resolve().parents[2] / "shared" / "htcondor"
+SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
 TRUST_DOMAIN = "casa.test"
 
 
 def find_test_htcondor() -> HTCondorInstall:
-    """An installed HTCondor, else ``../shared/htcondor``; fails (never skips) when neither is there."""
+    """An installed HTCondor, else ``shared/htcondor``; fails (never skips) when neither is there."""
     try:
         return HTCondorInstall.find()
     except ConfigurationError:

@@ -42,7 +42,7 @@ def plan_for(facility, username, access_token=None):
 
 
 def test_traefik_crds_are_found_beside_the_checkout():
-    assert TRAEFIK_CRDS.is_file(), f"expected Traefik's CRDs at {TRAEFIK_CRDS} (shared/ is a sibling of the repo)"
+    assert TRAEFIK_CRDS.is_file(), f"expected Traefik's CRDs at {TRAEFIK_CRDS} (shared/ beside the checkout, or $CASA_TEST_SHARED)"
 
 
 @pytest.mark.parametrize("username", USERNAMES)
