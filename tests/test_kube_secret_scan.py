@@ -25,7 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from casa_spawner.kube import CasaKubeSpawner
-from tests.fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
 from tests.fake_kube.scan import documents, forbidden, leaks
 from tests.fake_kube.spawners import make_spawner
 

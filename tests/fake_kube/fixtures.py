@@ -1,4 +1,4 @@
-"""Pytest fixtures for the fake Kubernetes API; test modules import the ones they use."""
+"""Pytest fixtures for the fake Kubernetes API (a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
