@@ -14,6 +14,7 @@ from traitlets.config import Config
 
 from casa_hub.facility import Facility
 from tests.paths import SHARED
+from tests.secret_files import write_secret_file
 
 KUBERNETES_VERSION = "1.30.0"
 SIGNING_KEY = b"casa-pool-signing-key\x00" + os.urandom(24)
@@ -21,18 +22,12 @@ MACAROON_SECRET = os.urandom(48)
 TRAEFIK_CRDS = SHARED / "reference" / "traefik-crds-v1.yml"
 
 
-def secret_file(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return str(path)
-
-
 def facility_config(tmp_path: Path, domain: str = "coffea.casa") -> Config:
     cfg = Config()
     cfg.Facility.domain = domain
     cfg.Facility.trust_domain = "cms-af.example.org"
-    cfg.Facility.signing_key_file = secret_file(tmp_path / "POOL", SIGNING_KEY)
-    cfg.Facility.macaroon_secret_file = secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
+    cfg.Facility.signing_key_file = write_secret_file(tmp_path / "POOL", SIGNING_KEY)
+    cfg.Facility.macaroon_secret_file = write_secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
     cfg.Facility.xcache_site = "T2_US_Test"
     # usernames such as DNs contain spaces, which a macaroon's name caveat cannot hold
     cfg.Facility.xcache_token_name = "{slug}"

@@ -23,6 +23,7 @@ from casa_hub.condor_token import make_idtoken
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall
 from tests.paths import SHARED
+from tests.secret_files import write_secret_file
 
 SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
@@ -55,9 +56,7 @@ class PoolThread:
     def __init__(self, workdir: Path, **options):
         self.workdir = workdir
         self.signing_key = secrets.token_bytes(32)
-        key_file = workdir / "POOL"
-        key_file.write_bytes(self.signing_key)
-        os.chmod(key_file, 0o600)
+        key_file = write_secret_file(workdir / "POOL", self.signing_key)
         self.pool = CondorPool(find_test_htcondor(), key_file, trust_domain=TRUST_DOMAIN,
                                log_copy_dir=workdir / "logs", **options)
         self._loop = asyncio.new_event_loop()
@@ -92,9 +91,7 @@ class PoolThread:
     def token_dir(self, identity: str, lifetime: int = 3600, key: bytes | None = None) -> Path:
         """A private directory holding one IDTOKEN for ``identity`` (``_CONDOR_SEC_TOKEN_DIRECTORY``)."""
         directory = Path(tempfile.mkdtemp(prefix="tokens-", dir=self.workdir))
-        path = directory / "casa"
-        path.write_text(self.token(identity, lifetime, key) + "\n")
-        os.chmod(path, 0o600)
+        write_secret_file(directory / "casa", (self.token(identity, lifetime, key) + "\n").encode())
         return directory
 
     def session_environment(self, token_dir: Path) -> dict[str, str]:

@@ -13,19 +13,13 @@ from cryptography import x509
 from pymacaroons import Macaroon
 
 from casa_hub.condor_token import derive_signing_key, make_idtoken
+from tests.secret_files import write_secret_file
 
 KEY = b"\x00cli-test-key\x00" * 3
 
 
 def casa(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "casa_hub.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def keyfile(tmp_path, data=KEY, mode=0o600, name="POOL"):
-    path = tmp_path / name
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return path
 
 
 def assert_clean_error(result, fragment):
@@ -38,7 +32,7 @@ def assert_clean_error(result, fragment):
 
 
 def test_condor_token_is_deterministic_and_matches_the_library(tmp_path):
-    key = keyfile(tmp_path)
+    key = write_secret_file(tmp_path / "POOL", KEY)
     args = ["mint", "condor-token", "--signing-key", key, "--trust-domain", "af.example.org",
             "--identity", "alice@af.example.org", "--authz", "READ", "--authz", "ADVERTISE_STARTD",
             "--lifetime", 600, "--issued-at", 1700000000, "--token-id", "0123456789abcdef0123456789abcdef"]
@@ -56,7 +50,7 @@ def test_condor_token_is_deterministic_and_matches_the_library(tmp_path):
 
 
 def test_condor_token_with_named_kid(tmp_path):
-    key = keyfile(tmp_path, name="casa")
+    key = write_secret_file(tmp_path / "casa", KEY)
     token = casa("mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "bob@t", "--kid", "casa").stdout.strip()
     assert jwt.get_unverified_header(token)["kid"] == "casa"
     jwt.decode(token, derive_signing_key(KEY, "casa"), algorithms=["HS256"])
@@ -66,7 +60,7 @@ def test_condor_token_with_named_kid(tmp_path):
 
 def test_xcache_token(tmp_path):
     secret = os.urandom(32)
-    path = keyfile(tmp_path, base64.b64encode(secret) + b"\n", name="macaroon")
+    path = write_secret_file(tmp_path / "macaroon", base64.b64encode(secret) + b"\n")
     result = casa("mint", "xcache-token", "--secret-key", path, "--location", "T2_US_Test", "--name", "alice",
                   "--activity", "DOWNLOAD,LIST", "--path", "/store/user/alice", "--lifetime", 3600, "--identifier", "id-1")
     assert result.returncode == 0, result.stderr
@@ -79,7 +73,7 @@ def test_xcache_token(tmp_path):
 
 
 def test_xcache_token_with_explicit_expiry(tmp_path):
-    path = keyfile(tmp_path, base64.b64encode(os.urandom(32)) + b"\n", name="macaroon")
+    path = write_secret_file(tmp_path / "macaroon", base64.b64encode(os.urandom(32)) + b"\n")
     expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     result = casa("mint", "xcache-token", "--secret-key", path, "--location", "S", "--name", "a",
                   "--activity", "DOWNLOAD", "--path", "/store", "--expires", expires)
@@ -125,9 +119,9 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
     paths = {
         "tmp": tmp_path,
-        "key": keyfile(tmp_path),
-        "world": keyfile(tmp_path, mode=0o644, name="world"),
-        "mac": keyfile(tmp_path, base64.b64encode(os.urandom(32)) + b"\n", name="mac"),
+        "key": write_secret_file(tmp_path / "POOL", KEY),
+        "world": write_secret_file(tmp_path / "world", KEY, 0o644),
+        "mac": write_secret_file(tmp_path / "mac", base64.b64encode(os.urandom(32)) + b"\n"),
     }
     result = casa(*[a.format(**paths) for a in args])
     assert_clean_error(result, fragment)
@@ -135,8 +129,8 @@ def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
 
 def test_secrets_never_printed(tmp_path):
     secret = os.urandom(32)
-    mac = keyfile(tmp_path, base64.b64encode(secret) + b"\n", name="mac")
-    key = keyfile(tmp_path)
+    mac = write_secret_file(tmp_path / "mac", base64.b64encode(secret) + b"\n")
+    key = write_secret_file(tmp_path / "POOL", KEY)
     outputs = [
         casa("--log-level", "DEBUG", "mint", "xcache-token", "--secret-key", mac, "--location", "S", "--name", "a",
              "--activity", "LIST", "--path", "/store", "--lifetime", "60"),

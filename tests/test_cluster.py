@@ -19,6 +19,7 @@ import pytest
 from casa_hub.dask_tls import make_session_tls
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
 from casa_spawner.ports import free_port
+from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,8 +30,7 @@ def scheduler(tmp_path):
     tls = make_session_tls("alice.dask.casa.test")
     files = {"ca": tls.ca_pem, "scheduler": tls.scheduler_pem, "client": tls.client_pem, "worker": tls.worker_pem}
     for name, pem in files.items():
-        (tmp_path / f"{name}.pem").write_bytes(pem)
-        os.chmod(tmp_path / f"{name}.pem", 0o600)
+        write_secret_file(tmp_path / f"{name}.pem", pem)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",

@@ -1,7 +1,6 @@
 """The session TLS bundle used by a real Dask scheduler, worker and client over tls://."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from casa_hub.dask_tls import make_session_tls
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
 from casa_spawner.ports import free_port
+from tests.secret_files import write_secret_file
 
 
 def write_tls(tmp_path, name, hostname):
@@ -27,8 +27,7 @@ def write_tls(tmp_path, name, hostname):
     paths["ca"].write_bytes(tls.ca_pem)
     for role in ("scheduler", "client", "worker"):
         paths[role] = d / f"{role}.pem"
-        paths[role].write_bytes(tls.role_pem(role))
-        os.chmod(paths[role], 0o600)
+        write_secret_file(paths[role], tls.role_pem(role))
     return tls, paths
 
 

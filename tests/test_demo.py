@@ -27,6 +27,7 @@ import requests
 
 from casa_session.cluster import SchedulerConnection
 from casa_spawner.ports import free_port
+from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.e2e
 
@@ -395,9 +396,7 @@ def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
     from tests.auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 
     port = free_port()
-    secret_file = tmp_path / "client-secret"
-    secret_file.write_text(CLIENT_SECRET + "\n")
-    secret_file.chmod(0o600)
+    secret_file = write_secret_file(tmp_path / "client-secret", (CLIENT_SECRET + "\n").encode())
     with oidc_provider(tmp_path, [f"http://127.0.0.1:{port}/hub/oauth_callback"]) as issuer:
         running = start_demo(
             tmp_path, "--no-xcache", "--oidc-issuer", issuer, "--oidc-client-id", CLIENT_ID,

@@ -17,16 +17,11 @@ from casa_hub.condor_token import derive_signing_key
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
+from tests.secret_files import write_secret_file
 
 SIGNING_KEY = b"pool-key\x00with-nul\xde\xad\xbe\xef" + os.urandom(16)
 MACAROON_SECRET = os.urandom(48)
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.timezone.utc)
-
-
-def secret_file(path, data, mode=0o600):
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return str(path)
 
 
 @pytest.fixture
@@ -34,8 +29,8 @@ def facility(tmp_path):
     cfg = Config()
     cfg.Facility.domain = "coffea.casa"
     cfg.Facility.trust_domain = "cms-af.example.org"
-    cfg.Facility.signing_key_file = secret_file(tmp_path / "POOL", SIGNING_KEY)
-    cfg.Facility.macaroon_secret_file = secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
+    cfg.Facility.signing_key_file = write_secret_file(tmp_path / "POOL", SIGNING_KEY)
+    cfg.Facility.macaroon_secret_file = write_secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
     cfg.Facility.xcache_site = "T2_US_Test"
     cfg.Facility.xcache_paths = ["/store/user/{username}"]
     cfg.Facility.collector_host = "collector.example.org:9619"
@@ -200,7 +195,7 @@ def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path):
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
 def test_key_file_readable_by_others_is_refused(tmp_path, mode):
-    facility = Facility(signing_key_file=secret_file(tmp_path / "POOL", SIGNING_KEY, mode))
+    facility = Facility(signing_key_file=write_secret_file(tmp_path / "POOL", SIGNING_KEY, mode))
     with pytest.raises(ConfigurationError, match="chmod 600"):
         facility.load_secrets()
 
@@ -209,9 +204,9 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
     "setup,message",
     [
         (lambda p: str(p / "missing"), "does not exist"),
-        (lambda p: secret_file(p / "empty", b""), "is empty"),
+        (lambda p: write_secret_file(p / "empty", b""), "is empty"),
         (lambda p: str(p), "not a regular file"),
-        (lambda p: (os.symlink(secret_file(p / "POOL", SIGNING_KEY, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
+        (lambda p: (os.symlink(write_secret_file(p / "POOL", SIGNING_KEY, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
     ],
 )
 def test_bad_signing_key_file(tmp_path, setup, message):
@@ -225,7 +220,7 @@ def test_bad_signing_key_file(tmp_path, setup, message):
     [(b"not base64 !!\n", "not base64"), (base64.b64encode(b"short") + b"\n", "at least 32")],
 )
 def test_bad_macaroon_secret(tmp_path, content, message):
-    facility = Facility(macaroon_secret_file=secret_file(tmp_path / "m", content))
+    facility = Facility(macaroon_secret_file=write_secret_file(tmp_path / "m", content))
     with pytest.raises(CasaError, match=message):
         facility.load_secrets()
 
@@ -234,7 +229,7 @@ def test_a_symlinked_key_file_is_followed(tmp_path):
     """Kubernetes mounts a Secret's files as links into ``..data``: the file they reach counts."""
     data = tmp_path / "..data"
     data.mkdir()
-    secret_file(data / "POOL", SIGNING_KEY)
+    write_secret_file(data / "POOL", SIGNING_KEY)
     os.symlink("..data/POOL", tmp_path / "POOL")
     facility = Facility(signing_key_file=str(tmp_path / "POOL"))
     assert facility.signing_key().reveal() == SIGNING_KEY

@@ -15,6 +15,8 @@ import itertools
 from kubespawner import KubeSpawner
 from kubespawner import clients as kube_clients
 
+from tests.secret_files import write_secret_file
+
 _ids = itertools.count(1)
 
 
@@ -74,12 +76,6 @@ async def reset_kubespawner() -> None:
             kube_clients._client_cache.pop(key, None)
             await client.api_client.close()
     kube_clients.load_config.cache_clear()
-
-
-def write_secret_file(path, data: bytes) -> str:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return str(path)
 
 
 def make_facility(directory, signing_key: bytes, macaroon_secret: bytes, **traits):
