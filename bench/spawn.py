@@ -20,7 +20,6 @@ import asyncio
 import gc
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,8 @@ os.environ["KUBECONFIG"] = KUBECONFIG  # before kubernetes_asyncio is imported
 from kubespawner import KubeSpawner  # noqa: E402
 
 from casa_spawner.kube import CasaKubeSpawner  # noqa: E402
-from tests.fake_kube.spawners import make_facility, make_spawner, reset_kubespawner  # noqa: E402
+from tests.facilities import MasterSecrets, new_facility  # noqa: E402
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        facility = make_facility(Path(tmp), secrets.token_bytes(64), secrets.token_bytes(32))
+        facility = new_facility(tmp, MasterSecrets.fresh())
         flavours = {
             "KubeSpawner": (KubeSpawner, {}),
             "CasaKubeSpawner": (CasaKubeSpawner, {"facility": facility}),

@@ -12,6 +12,7 @@ import pytest
 os.environ["KUBECONFIG"] = str(Path(__file__).with_name("fake_kube") / "kubeconfig.yaml")
 
 pytest_plugins = [
+    "tests.facilities",  # master_secrets, make_facility, facility: the one Facility factory
     "tests.fake_kube.fixtures",  # fake_kube, kube: the fake Kubernetes API
     "tests.condor_pool",  # condor_pool: the real HTCondor pool, one per test session
 ]

@@ -17,33 +17,24 @@ from casa_hub.condor_token import derive_signing_key
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
+from tests.facilities import MasterSecrets
 from tests.secret_files import write_secret_file
 
-SIGNING_KEY = b"pool-key\x00with-nul\xde\xad\xbe\xef" + os.urandom(16)
-MACAROON_SECRET = os.urandom(48)
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture
-def facility(tmp_path):
-    cfg = Config()
-    cfg.Facility.domain = "coffea.casa"
-    cfg.Facility.trust_domain = "cms-af.example.org"
-    cfg.Facility.signing_key_file = write_secret_file(tmp_path / "POOL", SIGNING_KEY)
-    cfg.Facility.macaroon_secret_file = write_secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
-    cfg.Facility.xcache_site = "T2_US_Test"
-    cfg.Facility.xcache_paths = ["/store/user/{username}"]
-    cfg.Facility.collector_host = "collector.example.org:9619"
-    cfg.Facility.xcache_host = "root://xcache.example.org:1094"
-    return Facility(config=cfg)
+def facility(make_facility):
+    """The tests' facility (tests.facilities), with one XCache area per user."""
+    return make_facility(xcache_paths=["/store/user/{username}"])
 
 
-def decode_condor(token, facility):
-    key = derive_signing_key(SIGNING_KEY, "POOL")
+def decode_condor(token, facility, master):
+    key = derive_signing_key(master.signing_key, "POOL")
     return jwt.decode(token, key, algorithms=["HS256"], issuer=facility.trust_domain, options={"verify_exp": False, "verify_iat": False})
 
 
-def test_full_bundle_for_one_user(facility):
+def test_full_bundle_for_one_user(facility, master_secrets):
     bundle = facility.issue_bundle("alice@cern.ch", now=NOW)
     paths = {f.path for f in bundle.files}
     assert paths == {
@@ -51,7 +42,7 @@ def test_full_bundle_for_one_user(facility):
         b.DASK_CA_PATH, b.DASK_CLIENT_PATH, b.DASK_WORKER_PATH, b.DASK_SCHEDULER_PATH,
     }
     slug = facility.names("alice@cern.ch").slug
-    claims = decode_condor(bundle.get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility)
+    claims = decode_condor(bundle.get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility, master_secrets)
     assert claims["sub"] == f"{slug}@cms-af.example.org"
     assert claims["scope"] == "condor:/READ condor:/WRITE"
     assert claims["exp"] - claims["iat"] == facility.condor_token_lifetime
@@ -62,15 +53,15 @@ def test_full_bundle_for_one_user(facility):
     assert "path:/store/user/alice@cern.ch/" in caveats
     v = Verifier()
     v.satisfy_general(lambda c: True)
-    assert v.verify(mac, MACAROON_SECRET)
+    assert v.verify(mac, master_secrets.macaroon_secret)
     for f in bundle.files:
         assert f.mode in (0o600, 0o644)
         if f.kind != "dask-ca":
             assert f.mode == 0o600
 
 
-def test_each_user_has_their_own_identity(facility):
-    subs = {decode_condor(facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility)["sub"] for u in ("alice", "bob")}
+def test_each_user_has_their_own_identity(facility, master_secrets):
+    subs = {decode_condor(facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility, master_secrets)["sub"] for u in ("alice", "bob")}
     assert subs == {"alice@cms-af.example.org", "bob@cms-af.example.org"}
 
 
@@ -171,7 +162,7 @@ def forms(secret: bytes):
     yield secret.hex().encode()
 
 
-def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path):
+def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path, master_secrets):
     """Scan everything a user receives for the signing key and macaroon secret (raw and base64)."""
     haystacks = []
     for user in ("alice", "bob", "Carl.Lundstedt@cern.ch"):
@@ -187,15 +178,15 @@ def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path):
     haystacks.append("\n".join(r.getMessage() for r in caplog.records).encode())
     haystacks.append(repr(facility.signing_key()).encode() + repr(facility.macaroon_secret()).encode())
     blob = b"\n".join(haystacks)
-    for secret in (SIGNING_KEY, MACAROON_SECRET):
+    for secret in (master_secrets.signing_key, master_secrets.macaroon_secret):
         for form in forms(secret):
             assert form not in blob
     assert b"BEGIN" in blob  # the scan did see the PEM files
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
-def test_key_file_readable_by_others_is_refused(tmp_path, mode):
-    facility = Facility(signing_key_file=write_secret_file(tmp_path / "POOL", SIGNING_KEY, mode))
+def test_key_file_readable_by_others_is_refused(tmp_path, mode, master_secrets):
+    facility = Facility(signing_key_file=write_secret_file(tmp_path / "POOL", master_secrets.signing_key, mode))
     with pytest.raises(ConfigurationError, match="chmod 600"):
         facility.load_secrets()
 
@@ -206,7 +197,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
         (lambda p: str(p / "missing"), "does not exist"),
         (lambda p: write_secret_file(p / "empty", b""), "is empty"),
         (lambda p: str(p), "not a regular file"),
-        (lambda p: (os.symlink(write_secret_file(p / "POOL", SIGNING_KEY, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
+        (lambda p: (os.symlink(write_secret_file(p / "POOL", MasterSecrets.fresh().signing_key, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
     ],
 )
 def test_bad_signing_key_file(tmp_path, setup, message):
@@ -225,14 +216,14 @@ def test_bad_macaroon_secret(tmp_path, content, message):
         facility.load_secrets()
 
 
-def test_a_symlinked_key_file_is_followed(tmp_path):
+def test_a_symlinked_key_file_is_followed(tmp_path, master_secrets):
     """Kubernetes mounts a Secret's files as links into ``..data``: the file they reach counts."""
     data = tmp_path / "..data"
     data.mkdir()
-    write_secret_file(data / "POOL", SIGNING_KEY)
+    write_secret_file(data / "POOL", master_secrets.signing_key)
     os.symlink("..data/POOL", tmp_path / "POOL")
     facility = Facility(signing_key_file=str(tmp_path / "POOL"))
-    assert facility.signing_key().reveal() == SIGNING_KEY
+    assert facility.signing_key().reveal() == master_secrets.signing_key
 
 
 def test_key_files_are_read_once(facility, tmp_path):

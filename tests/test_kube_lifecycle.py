@@ -91,7 +91,7 @@ async def test_casa_spawner_starts_polls_and_stops_alice_and_bob(kube, facility)
 
         (route,) = [kube.get(ROUTES, "default", n) for n in objects[ROUTES]]
         assert route["apiVersion"] == "traefik.io/v1alpha1" and route["kind"] == "IngressRouteTCP"
-        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{slug}.dask.coffea.test`)"
+        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{slug}.dask.coffea.casa`)"
         assert route["spec"]["tls"] == {"passthrough": True}
         assert route["spec"]["entryPoints"] == ["dask"]
         (service,) = [kube.get("services", "default", n) for n in objects["services"]]

@@ -100,7 +100,7 @@ async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only
 
 def test_the_scan_finds_a_planted_secret():
     """The scanner itself: a key hidden base64-in-base64 at an odd offset inside a Secret is found."""
-    from tests.fake_kube.fixtures import MasterSecrets
+    from tests.facilities import MasterSecrets
     from tests.fake_kube.server import Request
 
     master = MasterSecrets(b"k" * 7 + bytes(range(40)), bytes(range(100, 132)))

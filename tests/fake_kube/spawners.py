@@ -15,8 +15,6 @@ import itertools
 from kubespawner import KubeSpawner
 from kubespawner import clients as kube_clients
 
-from tests.secret_files import write_secret_file
-
 _ids = itertools.count(1)
 
 
@@ -76,18 +74,3 @@ async def reset_kubespawner() -> None:
             kube_clients._client_cache.pop(key, None)
             await client.api_client.close()
     kube_clients.load_config.cache_clear()
-
-
-def make_facility(directory, signing_key: bytes, macaroon_secret: bytes, **traits):
-    """A Facility whose master secrets the test knows, so it can scan for them."""
-    import base64
-
-    from casa_hub.facility import Facility
-
-    return Facility(
-        domain=traits.pop("domain", "coffea.test"),
-        signing_key_file=write_secret_file(directory / "POOL", signing_key),
-        macaroon_secret_file=write_secret_file(directory / "macaroon-secret", base64.b64encode(macaroon_secret) + b"\n"),
-        xcache_site="T2_US_Test",
-        **traits,
-    )
