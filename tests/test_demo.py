@@ -27,6 +27,7 @@ import requests
 
 from casa_session.cluster import SchedulerConnection
 from casa_spawner.ports import free_port
+from tests.casa_cli import casa_command, run_casa
 from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.e2e
@@ -92,12 +93,6 @@ class RunningDemo:
 
     def remember_processes(self) -> None:
         self.seen_pids.update(descendants(self.process.pid))
-
-
-def casa_command() -> str:
-    casa = shutil.which("casa")
-    assert casa, "the casa console script is not installed (pip install -e .)"
-    return casa
 
 
 def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = None) -> RunningDemo:
@@ -350,10 +345,6 @@ def test_ctrl_c_stops_everything(demo):
     assert all(port_is_free(p) for p in ports)
     assert list((demo.state_dir / "traefik" / "routes").iterdir()) == []
     assert not (demo.state_dir / "sessions" / "users" / "alice").exists()
-
-
-def run_casa(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([casa_command(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
