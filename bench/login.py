@@ -22,7 +22,8 @@ from pathlib import Path
 
 import requests
 
-from tests.auth_servers import hub_ports, jupyterhub, oauth_config, oidc_provider, provider_sign_in
+from tests.auth_servers import login_hub_config, oauth_config, oidc_provider, provider_sign_in
+from tests.hub_process import hub_ports, running_hub
 
 SCOPES = ["openid", "profile", "email", "offline_access", "wlcg.groups"]
 
@@ -73,8 +74,9 @@ def main() -> None:
         (casa_port, casa_url), (generic_port, generic_url) = hub_ports(), hub_ports()
         callbacks = [f"{casa_url}/hub/oauth_callback", f"{generic_url}/hub/oauth_callback"]
         with oidc_provider(work, callbacks) as issuer, \
-                jupyterhub(work / "casa", casa_port, "casa", casa_config(issuer, casa_url)), \
-                jupyterhub(work / "generic", generic_port, "generic-oauth", generic_config(issuer, generic_url)):
+                running_hub(work / "casa", [*login_hub_config("casa"), casa_config(issuer, casa_url)], port=casa_port), \
+                running_hub(work / "generic", [*login_hub_config("generic-oauth"), generic_config(issuer, generic_url)],
+                            port=generic_port):
             hubs = {"CasaOAuthenticator": casa_url, "GenericOAuthenticator": generic_url}
             for url in hubs.values():  # warm-up: first login creates the user row
                 one_login(url)
