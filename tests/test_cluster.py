@@ -149,6 +149,7 @@ def test_concurrent_scales_do_not_launch_twice():
     cluster.close()
 
 
+@pytest.mark.e2e
 def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
     cluster = CasaCluster(scheduler, LocalProcessWorkers(log_dir=tmp_path / "workers"), name_prefix="w")
     try:
@@ -171,6 +172,7 @@ def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
     assert "Registered to" in (tmp_path / "workers" / "w-0.log").read_text()
 
 
+@pytest.mark.e2e
 def test_adapt_follows_the_scheduler_within_bounds(scheduler):
     launcher = RecordingLauncher()  # no real workers: submitted tasks stay waiting
     cluster = CasaCluster(scheduler, launcher, name_prefix="a")
@@ -207,6 +209,7 @@ class RefusingOnceLauncher(RecordingLauncher):
         super().launch(names, connection)
 
 
+@pytest.mark.e2e
 def test_adapt_goes_on_after_a_failed_launch(scheduler, caplog):
     launcher = RefusingOnceLauncher()
     cluster = CasaCluster(scheduler, launcher, name_prefix="r")

@@ -64,6 +64,7 @@ def test_each_session_has_its_own_ca_and_keys():
     assert len({a.scheduler_pem, a.client_pem, a.worker_pem}) == 3
 
 
+@pytest.mark.e2e
 async def test_scheduler_worker_client_compute_over_tls(tmp_path):
     _, alice = write_tls(tmp_path, "alice", "alice.dask.localhost")
     async with Scheduler(protocol="tls", host="127.0.0.1", port=0, dashboard_address=":0", security=security(alice, "scheduler")) as s:
@@ -75,6 +76,7 @@ async def test_scheduler_worker_client_compute_over_tls(tmp_path):
                 assert len(await client.nthreads()) == 1
 
 
+@pytest.mark.e2e
 async def test_another_sessions_client_certificate_is_refused(tmp_path):
     _, alice = write_tls(tmp_path, "alice", "alice.dask.localhost")
     _, bob = write_tls(tmp_path, "bob", "bob.dask.localhost")
@@ -90,6 +92,7 @@ async def test_another_sessions_client_certificate_is_refused(tmp_path):
             await Client(s.address.replace("tls://", "tcp://"), asynchronous=True, timeout="3s")
 
 
+@pytest.mark.e2e
 async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
     """The sidecar command from the plan starts a real scheduler that the notebook env can reach."""
     facility = Facility(domain="dask-test.localhost", scheduler_port=free_port(), dashboard_port=free_port())

@@ -18,6 +18,8 @@ import pytest
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
 
+pytestmark = pytest.mark.e2e  # a real Dask scheduler and the credential sidecar
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -30,7 +30,7 @@ from tests.fake_hub import FakeUser
 
 NOTEBOOK = [sys.executable, "-c", "import time; time.sleep(600)"]
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]  # most tests start a real Dask scheduler
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from casa_hub.errors import CredentialError
 from casa_hub.macaroon import BEFORE_FORMAT, decode_secret, make_macaroon
 from tests.xrootd_server import XRootDStartError, start_xrootd
 
+pytestmark = pytest.mark.e2e  # one real XRootD serves the module
+
 SITE = "CASA_TEST"
 MAXDURATION = 3600
 READ = "READ_METADATA,DOWNLOAD,LIST"
