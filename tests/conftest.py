@@ -15,6 +15,8 @@ pytest_plugins = [
     "tests.facilities",  # master_secrets, make_facility, facility: the one Facility factory
     "tests.fake_kube.fixtures",  # fake_kube, kube: the fake Kubernetes API
     "tests.condor_pool",  # condor_pool: the real HTCondor pool, one per test session
+    "tests.e2e_guard",  # a test that starts a real server without @pytest.mark.e2e fails
+    "pytester",  # tests/test_e2e_guard.py runs pytest on small test files
 ]
 
 
