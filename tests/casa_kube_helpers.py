@@ -11,17 +11,10 @@ import yaml
 
 from tests.facilities import MasterSecrets
 from tests.paths import SHARED
+from tests.secret_scan import master_secret_forms
 
 KUBERNETES_VERSION = "1.30.0"
 TRAEFIK_CRDS = SHARED / "reference" / "traefik-crds-v1.yml"
-
-
-def master_secret_needles(master: MasterSecrets) -> list[bytes]:
-    """The master secrets as they could leak: raw, base64 (standard and url-safe), hex."""
-    needles = []
-    for secret in (master.signing_key, master.macaroon_secret, base64.b64encode(master.macaroon_secret)):
-        needles += [secret, base64.b64encode(secret), base64.urlsafe_b64encode(secret), secret.hex().encode()]
-    return needles
 
 
 def assert_no_master_secret(obj, master: MasterSecrets) -> None:
@@ -29,7 +22,7 @@ def assert_no_master_secret(obj, master: MasterSecrets) -> None:
     # also the decoded values of every Secret's data, in case one were double-encoded
     decoded = [base64.b64decode(v) for v in _secret_values(obj)]
     for haystack in [blob, *decoded]:
-        for needle in master_secret_needles(master):
+        for needle in set().union(*master_secret_forms(master).values()):
             assert needle not in haystack, "a master secret reached a user-facing object"
 
 

@@ -10,7 +10,6 @@ left: no process, no listening port, no route, no credentials.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from casa_session.cluster import SchedulerConnection
 from casa_spawner.ports import free_port
 from tests.casa_cli import casa_command, run_casa
 from tests.secret_files import write_secret_file
+from tests.secret_scan import base64_file_forms
 
 pytestmark = pytest.mark.e2e
 
@@ -309,10 +309,8 @@ def test_second_demo_in_the_same_state_dir_is_refused(demo):
     assert requests.get(f"{demo.url}/hub/login", timeout=30).status_code == 200
 
 
-def secret_forms(demo: RunningDemo) -> list[bytes]:
-    raw_line = (demo.state_dir / "secrets" / "macaroon-secret").read_bytes().strip()
-    key = base64.b64decode(raw_line)
-    return [raw_line, key, key.hex().encode(), base64.urlsafe_b64encode(key).rstrip(b"=")]
+def secret_forms(demo: RunningDemo) -> set[bytes]:
+    return base64_file_forms((demo.state_dir / "secrets" / "macaroon-secret").read_bytes())
 
 
 def test_macaroon_secret_is_private_and_never_printed_or_logged(demo):

@@ -18,6 +18,7 @@ from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
 from tests.facilities import MasterSecrets
+from tests.secret_scan import master_secret_forms
 from tests.secret_files import write_secret_file
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -155,13 +156,6 @@ def test_audit_line_per_issuance_without_tokens(facility, caplog):
             assert token not in text and token[-20:] not in text
 
 
-def forms(secret: bytes):
-    yield secret
-    yield base64.b64encode(secret)
-    yield base64.urlsafe_b64encode(secret).rstrip(b"=")
-    yield secret.hex().encode()
-
-
 def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path, master_secrets):
     """Scan everything a user receives for the signing key and macaroon secret (raw and base64)."""
     haystacks = []
@@ -178,8 +172,8 @@ def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path, 
     haystacks.append("\n".join(r.getMessage() for r in caplog.records).encode())
     haystacks.append(repr(facility.signing_key()).encode() + repr(facility.macaroon_secret()).encode())
     blob = b"\n".join(haystacks)
-    for secret in (master_secrets.signing_key, master_secrets.macaroon_secret):
-        for form in forms(secret):
+    for forms in master_secret_forms(master_secrets).values():
+        for form in forms:
             assert form not in blob
     assert b"BEGIN" in blob  # the scan did see the PEM files
 
