@@ -124,7 +124,7 @@ class PoolThread:
 
 @pytest.fixture(scope="session")
 def condor_pool(tmp_path_factory):
-    """One real pool for the whole test session; tests remove the jobs they submit."""
+    """One real pool for the whole test session; tests remove the jobs they submit (and are marked ``e2e``)."""
     pool = PoolThread(tmp_path_factory.mktemp("condor")).start()
     try:
         yield pool
