@@ -8,7 +8,7 @@ deps:
 	bash scripts/install-test-deps
 
 bench:
-	python3 bench/credentials.py
-	python3 bench/login.py
-	python3 bench/spawn.py
-	python3 bench/route.py
+	python3 -m bench.credentials
+	python3 -m bench.login
+	python3 -m bench.spawn
+	python3 -m bench.route

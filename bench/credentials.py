@@ -4,32 +4,19 @@ Earlier facilities generated an RSA-2048 key per certificate inside the hub's
 event loop; a session needs three (scheduler, client, worker).  Both are timed
 in the same run; the figure that matters is the ratio.
 
-    python3 bench/credentials.py [--repeat N]
+    python3 -m bench.credentials [--repeat N]    (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import os
 import statistics
 import tempfile
 import time
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from casa_hub.facility import Facility
-
-
-def make_facility(tmp: str) -> Facility:
-    key = os.path.join(tmp, "POOL")
-    mac = os.path.join(tmp, "macaroon")
-    for path, data in ((key, os.urandom(32)), (mac, base64.b64encode(os.urandom(32)) + b"\n")):
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
-            fh.write(data)
-    facility = Facility(domain="coffea.casa", signing_key_file=key, macaroon_secret_file=mac, xcache_site="T2_US_Bench")
-    facility.load_secrets()
-    return facility
+from tests.facilities import MasterSecrets, new_facility
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -46,7 +33,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        facility = make_facility(tmp)
+        facility = new_facility(tmp, MasterSecrets.fresh(), xcache_site="T2_US_Bench")
+        facility.load_secrets()
         facility.issue_bundle("warmup", access_token="x")
         bundle = timed(lambda: facility.issue_bundle("alice", access_token="at"), args.repeat)
         rsa3 = timed(lambda: [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)], args.repeat)

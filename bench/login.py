@@ -9,22 +9,21 @@ redirects and the same provider login form, without page rendering time:
 hub ``/hub/oauth_login`` -> provider ``/authorize`` -> login form (POST) -> consent ->
 hub ``/hub/oauth_callback`` (code -> tokens -> userinfo -> groups -> user) -> ``/hub/home`` (200).
 
-    python3 bench/login.py [--logins N] [--batch B]
+    python3 -m bench.login [--logins N] [--batch B]    (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from auth_servers import hub_ports, jupyterhub, oauth_config, oidc_provider, provider_sign_in  # noqa: E402
+from tests.auth_servers import login_hub_config, oauth_config, oidc_provider, provider_sign_in
+from tests.hub_process import hub_ports, running_hub
 
 SCOPES = ["openid", "profile", "email", "offline_access", "wlcg.groups"]
 
@@ -75,8 +74,9 @@ def main() -> None:
         (casa_port, casa_url), (generic_port, generic_url) = hub_ports(), hub_ports()
         callbacks = [f"{casa_url}/hub/oauth_callback", f"{generic_url}/hub/oauth_callback"]
         with oidc_provider(work, callbacks) as issuer, \
-                jupyterhub(work / "casa", casa_port, "casa", casa_config(issuer, casa_url)), \
-                jupyterhub(work / "generic", generic_port, "generic-oauth", generic_config(issuer, generic_url)):
+                running_hub(work / "casa", [*login_hub_config("casa"), casa_config(issuer, casa_url)], port=casa_port), \
+                running_hub(work / "generic", [*login_hub_config("generic-oauth"), generic_config(issuer, generic_url)],
+                            port=generic_port):
             hubs = {"CasaOAuthenticator": casa_url, "GenericOAuthenticator": generic_url}
             for url in hubs.values():  # warm-up: first login creates the user row
                 one_login(url)

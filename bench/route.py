@@ -8,7 +8,7 @@ worker through the scheduler (``direct=False``, the only way a client outside th
 facility's network can) and gathers it back; the runs alternate so both see the same
 machine load.  Prints throughput (MB/s) for both paths and the ratio.
 
-    python3 bench/route.py [--megabytes 100] [--repeat 3]
+    python3 -m bench.route [--megabytes 100] [--repeat 3]    (from the repository root)
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Python's garbage collector in the same window (a full collection of the hub's
 heap that happens to land in a run is a stall no spawner code can avoid).  Then
 the ratio Casa / plain.
 
-    python3 bench/spawn.py [--users 50] [--latency 0.005] [--rounds 2]
+    python3 -m bench.spawn [--users 50] [--latency 0.005] [--rounds 2]    (from the repository root)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import asyncio
 import gc
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-os.environ["KUBECONFIG"] = str(TESTS / "fake_kube" / "kubeconfig.yaml")  # before kubernetes_asyncio is imported
-sys.path.insert(0, str(TESTS))
+from tests.fake_kube import KUBECONFIG
+
+os.environ["KUBECONFIG"] = KUBECONFIG  # before kubernetes_asyncio is imported
 
 from kubespawner import KubeSpawner  # noqa: E402
 
 from casa_spawner.kube import CasaKubeSpawner  # noqa: E402
-from fake_kube.spawners import make_facility, make_spawner, reset_kubespawner  # noqa: E402
+from tests.facilities import MasterSecrets, new_facility  # noqa: E402
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class StallMeter:
@@ -79,8 +80,8 @@ class StallMeter:
 
 def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fake_kube", "--latency", str(latency), "--max-seconds", "900"],
-        cwd=TESTS, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tests.fake_kube", "--latency", str(latency), "--max-seconds", "900"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline()
     if "listening on" not in line:
@@ -132,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        facility = make_facility(Path(tmp), secrets.token_bytes(64), secrets.token_bytes(32))
+        facility = new_facility(tmp, MasterSecrets.fresh())
         flavours = {
             "KubeSpawner": (KubeSpawner, {}),
             "CasaKubeSpawner": (CasaKubeSpawner, {"facility": facility}),

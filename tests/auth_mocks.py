@@ -2,8 +2,8 @@
 
 ``MockIdP`` answers the token and userinfo endpoints the way a provider does (codes,
 access/refresh tokens that expire or get revoked, signed ID tokens); tests pass it as the
-authenticator's ``http_client``.  ``MockHandler`` and ``MockUser`` stand in for the hub's
-request handler and ``User`` where oauthenticator reads them.
+authenticator's ``http_client``.  ``MockHandler`` stands in for the hub's request handler
+where oauthenticator reads it (the user: tests.fake_hub.FakeUser).
 """
 
 from __future__ import annotations
@@ -146,17 +146,3 @@ class MockHandler:
 
     def get_state_cookie(self):
         return self._cookie
-
-
-class MockUser:
-    """A hub user as far as ``refresh_user`` cares: a name and encrypted-at-rest auth_state."""
-
-    def __init__(self, name: str, auth_state: dict | None):
-        self.name = name
-        self.auth_state = auth_state
-
-    async def get_auth_state(self):
-        return json.loads(json.dumps(self.auth_state)) if self.auth_state is not None else None
-
-    async def save_auth_state(self, auth_state):
-        self.auth_state = auth_state

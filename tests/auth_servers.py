@@ -1,7 +1,8 @@
-"""Real servers for the login tests and bench/login.py: the OIDC provider (node) and JupyterHub.
+"""The real OIDC provider (node) for the login tests and bench/login.py, and the hub config they share.
 
-Each is a context manager that picks free 127.0.0.1 ports, waits (bounded) until the
-server answers, and stops it — process group and all — on the way out, even on failure.
+:func:`oidc_provider` is a context manager that picks a free 127.0.0.1 port, waits (bounded)
+until the provider answers, and stops it — process group and all — on the way out, even on
+failure.  The hub itself is tests.hub_process's (``running_hub(workdir, login_hub_config(...) + [...])``).
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -92,26 +91,15 @@ def oidc_provider(workdir: Path, redirect_uris: list[str], accounts: dict = ACCO
         _stop(proc)
 
 
-HUB_CONFIG = """
-import casa_auth
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.pid_file = {pid_file!r}
-c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = {cookie_file!r}
-c.JupyterHub.template_paths = [casa_auth.TEMPLATE_DIR]
-c.JupyterHub.authenticator_class = {authenticator!r}
-c.Authenticator.auth_refresh_age = 300
-c.Spawner.options_form = '<p id="casa-test-options">Choose your resources</p>'
-c.JupyterHub.services = [{{"name": "casa-test", "api_token": {api_token!r}}}]
-c.JupyterHub.load_roles = [
-    {{"name": "casa-test", "scopes": ["admin:users", "admin:auth_state", "read:groups"], "services": ["casa-test"]}},
-]
-{extra}
-"""
+def login_hub_config(authenticator: str) -> list[str]:
+    """Hub config lines of the login tests: casa_auth's pages, ``authenticator``, auth refresh, an options form."""
+    return [
+        "import casa_auth",
+        "c.JupyterHub.template_paths = [casa_auth.TEMPLATE_DIR]",
+        f"c.JupyterHub.authenticator_class = {authenticator!r}",
+        "c.Authenticator.auth_refresh_age = 300",
+        "c.Spawner.options_form = '<p id=\"casa-test-options\">Choose your resources</p>'",
+    ]
 
 
 def oauth_config(issuer: str, hub_url: str, authenticator: str = "CasaOAuthenticator") -> str:
@@ -122,61 +110,6 @@ def oauth_config(issuer: str, hub_url: str, authenticator: str = "CasaOAuthentic
         f"c.{authenticator}.oauth_callback_url = {hub_url + '/hub/oauth_callback'!r}",
     ]
     return "\n".join(lines)
-
-
-class Hub:
-    def __init__(self, url: str, api_token: str, workdir: Path):
-        self.url = url
-        self.api_token = api_token
-        self.workdir = workdir
-
-    def api(self, path: str):
-        request = urllib.request.Request(f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.api_token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def log(self) -> str:
-        return (self.workdir / "jupyterhub.log").read_text(errors="replace")
-
-
-def hub_ports() -> tuple[int, str]:
-    port = free_port()
-    return port, f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def jupyterhub(workdir: Path, port: int, authenticator: str, extra_config: str, timeout: float = 90):
-    """A real JupyterHub (with configurable-http-proxy) in a subprocess; yields a :class:`Hub`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    api_token = secrets.token_hex(16)
-    config = workdir / "jupyterhub_config.py"
-    config.write_text(
-        HUB_CONFIG.format(
-            port=port,
-            hub_port=free_port(),
-            proxy_api_port=free_port(),
-            pid_file=str(workdir / "proxy.pid"),
-            workdir=workdir,
-            cookie_file=str(workdir / "cookie_secret"),
-            authenticator=authenticator,
-            api_token=api_token,
-            extra=extra_config,
-        )
-    )
-    env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32)}
-    for var in ("OAUTH2_AUTHORIZE_URL", "OAUTH2_TOKEN_URL", "OAUTH2_USERDATA_URL", "OAUTH_CALLBACK_URL", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET"):
-        env.pop(var, None)
-    log = workdir / "jupyterhub.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/hub/api", proc, log, timeout)
-        yield Hub(f"http://127.0.0.1:{port}", api_token, workdir)
-    finally:
-        _stop(proc, timeout=15)
 
 
 def provider_sign_in(session, start_url: str, username: str, password: str, stop_prefix: str, max_hops: int = 20):

@@ -1,63 +1,28 @@
-"""Shared by the CasaKubeSpawner tests: a facility with real key files, schema checks, a secret scan."""
+"""Shared by the CasaKubeSpawner tests: schema checks and a scan for the master secrets."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import yaml
-from traitlets.config import Config
 
-from casa_hub.facility import Facility
+from tests.facilities import MasterSecrets
+from tests.paths import SHARED
+from tests.secret_scan import master_secret_forms
 
 KUBERNETES_VERSION = "1.30.0"
-SIGNING_KEY = b"casa-pool-signing-key\x00" + os.urandom(24)
-MACAROON_SECRET = os.urandom(48)
-TRAEFIK_CRDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "traefik-crds-v1.yml"
+TRAEFIK_CRDS = SHARED / "reference" / "traefik-crds-v1.yml"
 
 
-def secret_file(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-def facility_config(tmp_path: Path, domain: str = "coffea.casa") -> Config:
-    cfg = Config()
-    cfg.Facility.domain = domain
-    cfg.Facility.trust_domain = "cms-af.example.org"
-    cfg.Facility.signing_key_file = secret_file(tmp_path / "POOL", SIGNING_KEY)
-    cfg.Facility.macaroon_secret_file = secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
-    cfg.Facility.xcache_site = "T2_US_Test"
-    # usernames such as DNs contain spaces, which a macaroon's name caveat cannot hold
-    cfg.Facility.xcache_token_name = "{slug}"
-    cfg.Facility.collector_host = "collector.example.org:9619"
-    cfg.Facility.xcache_host = "root://xcache.example.org:1094"
-    return cfg
-
-
-def make_facility(tmp_path: Path, domain: str = "coffea.casa") -> Facility:
-    return Facility(config=facility_config(tmp_path, domain))
-
-
-def master_secret_needles() -> list[bytes]:
-    """The master secrets as they could leak: raw, base64 (standard and url-safe), hex."""
-    needles = []
-    for secret in (SIGNING_KEY, MACAROON_SECRET, base64.b64encode(MACAROON_SECRET)):
-        needles += [secret, base64.b64encode(secret), base64.urlsafe_b64encode(secret), secret.hex().encode()]
-    return needles
-
-
-def assert_no_master_secret(obj) -> None:
+def assert_no_master_secret(obj, master: MasterSecrets) -> None:
     blob = json.dumps(obj, sort_keys=True).encode()
     # also the decoded values of every Secret's data, in case one were double-encoded
     decoded = [base64.b64decode(v) for v in _secret_values(obj)]
     for haystack in [blob, *decoded]:
-        for needle in master_secret_needles():
+        for needle in set().union(*master_secret_forms(master).values()):
             assert needle not in haystack, "a master secret reached a user-facing object"
 
 

@@ -1,7 +1,7 @@
 """A real one-machine HTCondor pool for tests (``casa_spawner.demo.condor.CondorPool``), and its helpers.
 
 HTCondor is taken from PATH like on a site; without one the tests fall back to the build in
-``../shared/htcondor`` (``bin/``, ``sbin/``).  The pool runs on its own event loop in a background
+``shared/htcondor`` beside the checkout (``bin/``, ``sbin/``; :mod:`tests.paths`).  The pool runs on its own event loop in a background
 thread, so one pool serves every test of a session, sync or async.  Jobs run as ``nobody``,
 who cannot read root's home (where this Python lives): :func:`worker_python` is the Dask
 workers' interpreter that ``scripts/install-test-deps`` builds outside it.
@@ -22,14 +22,16 @@ import pytest
 from casa_hub.condor_token import make_idtoken
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall
+from tests.paths import SHARED
+from tests.secret_files import write_secret_file
 
-SHARED_HTCONDOR = Path(__file__).resolve().parents[2] / "shared" / "htcondor"
+SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
 TRUST_DOMAIN = "casa.test"
 
 
 def find_test_htcondor() -> HTCondorInstall:
-    """An installed HTCondor, else ``../shared/htcondor``; fails (never skips) when neither is there."""
+    """An installed HTCondor, else ``shared/htcondor``; fails (never skips) when neither is there."""
     try:
         return HTCondorInstall.find()
     except ConfigurationError:
@@ -54,9 +56,7 @@ class PoolThread:
     def __init__(self, workdir: Path, **options):
         self.workdir = workdir
         self.signing_key = secrets.token_bytes(32)
-        key_file = workdir / "POOL"
-        key_file.write_bytes(self.signing_key)
-        os.chmod(key_file, 0o600)
+        key_file = write_secret_file(workdir / "POOL", self.signing_key)
         self.pool = CondorPool(find_test_htcondor(), key_file, trust_domain=TRUST_DOMAIN,
                                log_copy_dir=workdir / "logs", **options)
         self._loop = asyncio.new_event_loop()
@@ -91,9 +91,7 @@ class PoolThread:
     def token_dir(self, identity: str, lifetime: int = 3600, key: bytes | None = None) -> Path:
         """A private directory holding one IDTOKEN for ``identity`` (``_CONDOR_SEC_TOKEN_DIRECTORY``)."""
         directory = Path(tempfile.mkdtemp(prefix="tokens-", dir=self.workdir))
-        path = directory / "casa"
-        path.write_text(self.token(identity, lifetime, key) + "\n")
-        os.chmod(path, 0o600)
+        write_secret_file(directory / "casa", (self.token(identity, lifetime, key) + "\n").encode())
         return directory
 
     def session_environment(self, token_dir: Path) -> dict[str, str]:
@@ -126,7 +124,7 @@ class PoolThread:
 
 @pytest.fixture(scope="session")
 def condor_pool(tmp_path_factory):
-    """One real pool for the whole test session; tests remove the jobs they submit."""
+    """One real pool for the whole test session; tests remove the jobs they submit (and are marked ``e2e``)."""
     pool = PoolThread(tmp_path_factory.mktemp("condor")).start()
     try:
         yield pool

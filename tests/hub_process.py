@@ -1,21 +1,26 @@
-"""A real JupyterHub as a subprocess on 127.0.0.1, driven through its REST API.
+"""The one launcher of a real JupyterHub for tests and bench/: a subprocess on 127.0.0.1, driven through its REST API.
 
-Shared by the local-facility tests (tests/test_local_e2e.py) and free for the
-``casa demo`` tests to reuse::
+Used by the local-facility tests, the login tests and bench/login.py::
 
     hub = start_hub(workdir, config_lines=[...])       # already answering /hub/api
     hub.api("POST", "/users/alice/server")              # admin token of a "tester" service
     ...
     hub.stop()                                          # SIGTERM (the hub stops its servers), then SIGKILL
 
+    with running_hub(workdir, [...], port=port) as hub:  # the same, stopped on the way out
+        ...
+
 The hub uses ``configurable-http-proxy`` (npm, installed by scripts/install-test-deps),
 which it starts and stops itself.  The config gives a service ``tester`` an API token
 with the ``admin:users``/``admin:servers`` scopes (the latter includes reading spawner
-state).  Everything the hub writes (database, cookie secret, log) stays in ``workdir``.
+state), ``admin:auth_state`` and ``read:groups``.  Everything the hub writes (database,
+cookie secret, log) stays in ``workdir``; ``OAUTH_*`` settings from the environment do not
+reach it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -34,6 +39,10 @@ from pathlib import Path
 from casa_spawner.ports import free_port
 
 LOG_TAIL_LINES = 60
+TESTER_SCOPES = ["admin:users", "admin:servers", "admin:auth_state", "read:groups"]
+#: oauthenticator reads these from the environment; a hub under test takes its settings from its config only
+OAUTH_ENV = ("OAUTH2_AUTHORIZE_URL", "OAUTH2_TOKEN_URL", "OAUTH2_USERDATA_URL", "OAUTH_CALLBACK_URL",
+             "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET")
 
 
 class HubStartError(RuntimeError):
@@ -130,14 +139,22 @@ class HubProcess:
         self.process.wait()
 
 
-def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0, env: dict | None = None) -> HubProcess:
+def hub_ports() -> tuple[int, str]:
+    """A free port for a hub's public address, and that address: for config that must name it before the start."""
+    port = free_port()
+    return port, f"http://127.0.0.1:{port}"
+
+
+def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 90.0, env: dict | None = None,
+              port: int | None = None) -> HubProcess:
     """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub.
 
-    ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh key (auth_state needs one) unless ``env`` gives one.
+    ``port`` is the public port (default: a free one).  ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh
+    key (auth_state needs one) unless ``env`` gives one.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    port, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
     token = secrets.token_hex(32)
     config = [
         f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'",
@@ -147,7 +164,7 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
         f"c.JupyterHub.cookie_secret_file = '{workdir / 'cookie_secret'}'",
         f"c.ConfigurableHTTPProxy.pid_file = '{workdir / 'proxy.pid'}'",
         "c.JupyterHub.services = [{'name': 'tester', 'api_token': %r}]" % token,
-        "c.JupyterHub.load_roles = [{'name': 'tester', 'scopes': ['admin:users', 'admin:servers'], 'services': ['tester']}]",
+        "c.JupyterHub.load_roles = [{'name': 'tester', 'scopes': %r, 'services': ['tester']}]" % TESTER_SCOPES,
         "c.Spawner.http_timeout = 120",
         "c.Spawner.start_timeout = 120",
         *config_lines,
@@ -155,11 +172,12 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
     config_path = workdir / "jupyterhub_config.py"
     config_path.write_text("\n".join(config) + "\n")
     log_path = workdir / "jupyterhub.log"
+    hub_env = {k: v for k, v in os.environ.items() if k not in OAUTH_ENV}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), **(env or {})},
+            env={**hub_env, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), **(env or {})},
         )
     hub = HubProcess(url=f"http://127.0.0.1:{port}", token=token, process=proc, log_path=log_path)
     deadline = time.monotonic() + timeout
@@ -178,3 +196,13 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
     except BaseException:
         hub.stop()
         raise
+
+
+@contextlib.contextmanager
+def running_hub(workdir: os.PathLike | str, config_lines: list[str], **options):
+    """:func:`start_hub` as a context manager: the hub is stopped on the way out, even on failure."""
+    hub = start_hub(workdir, config_lines, **options)
+    try:
+        yield hub
+    finally:
+        hub.stop()

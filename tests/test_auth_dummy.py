@@ -3,7 +3,8 @@
 import pytest
 from traitlets import TraitError
 
-from auth_mocks import ISSUER, MockHandler, MockIdP, MockUser
+from tests.auth_mocks import ISSUER, MockHandler, MockIdP
+from tests.fake_hub import FakeUser
 from casa_auth import CasaDummyAuthenticator, CasaOAuthenticator, LoginRefused
 
 USERS = {
@@ -95,7 +96,7 @@ async def test_auth_state_has_the_same_shape_as_the_oidc_login():
 async def test_refresh_follows_the_config():
     authenticator = make()
     model = await login(authenticator, "bob", "bob-pw")
-    user = MockUser("bob", model["auth_state"])
+    user = FakeUser("bob", model["auth_state"])
     assert (await authenticator.refresh_user(user))["auth_state"]["casa"]["groups"] == ["cms"]
     authenticator.users = {**USERS, "bob": {"groups": ["atlas"]}}
     assert await authenticator.refresh_user(user) is False

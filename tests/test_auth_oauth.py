@@ -6,7 +6,8 @@ import time
 import pytest
 from tornado import web
 
-from auth_mocks import CLIENT_ID, CLIENT_SECRET, ISSUER, MockHandler, MockIdP, MockUser
+from tests.auth_mocks import CLIENT_ID, CLIENT_SECRET, ISSUER, MockHandler, MockIdP
+from tests.fake_hub import FakeUser
 from casa_auth import CasaOAuthenticator, LoginProblem, LoginRefused
 from casa_hub.names import user_slug
 
@@ -169,7 +170,7 @@ async def test_manage_groups_is_on_by_default_so_allowed_groups_just_work():
 async def logged_in_user(make_authenticator, idp, **config):
     authenticator = make_authenticator(**config)
     model = await login(authenticator, idp, {**ALICE, "groups": ["/cms"]})
-    return authenticator, MockUser(model["name"], model["auth_state"])
+    return authenticator, FakeUser(model["name"], model["auth_state"])
 
 
 async def test_refresh_keeps_casa_keys(make_authenticator, idp):
@@ -404,7 +405,7 @@ async def test_tokens_of_a_response_without_id_token_reach_no_log(make_authentic
     caplog.set_level("DEBUG")
     authenticator = make_authenticator(userdata_from_id_token=True)
     model = await login(authenticator, idp, {**ALICE, "groups": ["/cms"]}, {**ALICE, "groups": ["/cms"]})
-    user = MockUser(model["name"], model["auth_state"])
+    user = FakeUser(model["name"], model["auth_state"])
     del user.auth_state["token_response"]["id_token"]
     assert await authenticator.refresh_user(user) is False
     assert "Refreshing the login of alice failed" in caplog.text

@@ -14,8 +14,9 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import requests
 
-from auth_mocks import MockHandler, MockUser
-from auth_servers import CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
+from tests.auth_mocks import MockHandler
+from tests.fake_hub import FakeUser
+from tests.auth_servers import CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 from casa_auth import CasaOAuthenticator
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +62,7 @@ async def test_discovery_login_and_refresh_through_the_real_provider(provider):
     assert first["casa"]["access_token_expires_at"] <= time.time() + 60
 
     # 60 s tokens are inside the 300 s refresh margin: refresh_user renews through the provider
-    user = MockUser("alice", first)
+    user = FakeUser("alice", first)
     refreshed = await authenticator.refresh_user(user)
     state = refreshed["auth_state"]
     assert state["access_token"] != first["access_token"]

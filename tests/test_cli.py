@@ -4,8 +4,6 @@ import base64
 import datetime as dt
 import os
 import stat
-import subprocess
-import sys
 
 import jwt
 import pytest
@@ -13,19 +11,10 @@ from cryptography import x509
 from pymacaroons import Macaroon
 
 from casa_hub.condor_token import derive_signing_key, make_idtoken
+from tests.casa_cli import run_casa
+from tests.secret_files import write_secret_file
 
 KEY = b"\x00cli-test-key\x00" * 3
-
-
-def casa(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "casa_hub.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def keyfile(tmp_path, data=KEY, mode=0o600, name="POOL"):
-    path = tmp_path / name
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return path
 
 
 def assert_clean_error(result, fragment):
@@ -38,14 +27,14 @@ def assert_clean_error(result, fragment):
 
 
 def test_condor_token_is_deterministic_and_matches_the_library(tmp_path):
-    key = keyfile(tmp_path)
+    key = write_secret_file(tmp_path / "POOL", KEY)
     args = ["mint", "condor-token", "--signing-key", key, "--trust-domain", "af.example.org",
             "--identity", "alice@af.example.org", "--authz", "READ", "--authz", "ADVERTISE_STARTD",
             "--lifetime", 600, "--issued-at", 1700000000, "--token-id", "0123456789abcdef0123456789abcdef"]
-    result = casa(*args)
+    result = run_casa(*args)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
-    assert casa(*args).stdout.strip() == token
+    assert run_casa(*args).stdout.strip() == token
     expected = make_idtoken(KEY, trust_domain="af.example.org", identity="alice@af.example.org",
                             authz=["READ", "ADVERTISE_STARTD"], lifetime=600, issued_at=1700000000,
                             token_id="0123456789abcdef0123456789abcdef")
@@ -56,8 +45,8 @@ def test_condor_token_is_deterministic_and_matches_the_library(tmp_path):
 
 
 def test_condor_token_with_named_kid(tmp_path):
-    key = keyfile(tmp_path, name="casa")
-    token = casa("mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "bob@t", "--kid", "casa").stdout.strip()
+    key = write_secret_file(tmp_path / "casa", KEY)
+    token = run_casa("mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "bob@t", "--kid", "casa").stdout.strip()
     assert jwt.get_unverified_header(token)["kid"] == "casa"
     jwt.decode(token, derive_signing_key(KEY, "casa"), algorithms=["HS256"])
     with pytest.raises(jwt.InvalidSignatureError):
@@ -66,8 +55,8 @@ def test_condor_token_with_named_kid(tmp_path):
 
 def test_xcache_token(tmp_path):
     secret = os.urandom(32)
-    path = keyfile(tmp_path, base64.b64encode(secret) + b"\n", name="macaroon")
-    result = casa("mint", "xcache-token", "--secret-key", path, "--location", "T2_US_Test", "--name", "alice",
+    path = write_secret_file(tmp_path / "macaroon", base64.b64encode(secret) + b"\n")
+    result = run_casa("mint", "xcache-token", "--secret-key", path, "--location", "T2_US_Test", "--name", "alice",
                   "--activity", "DOWNLOAD,LIST", "--path", "/store/user/alice", "--lifetime", 3600, "--identifier", "id-1")
     assert result.returncode == 0, result.stderr
     mac = Macaroon.deserialize(result.stdout.strip())
@@ -79,9 +68,9 @@ def test_xcache_token(tmp_path):
 
 
 def test_xcache_token_with_explicit_expiry(tmp_path):
-    path = keyfile(tmp_path, base64.b64encode(os.urandom(32)) + b"\n", name="macaroon")
+    path = write_secret_file(tmp_path / "macaroon", base64.b64encode(os.urandom(32)) + b"\n")
     expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    result = casa("mint", "xcache-token", "--secret-key", path, "--location", "S", "--name", "a",
+    result = run_casa("mint", "xcache-token", "--secret-key", path, "--location", "S", "--name", "a",
                   "--activity", "DOWNLOAD", "--path", "/store", "--expires", expires)
     assert result.returncode == 0, result.stderr
     assert f"before:{expires}" in [c.caveat_id for c in Macaroon.deserialize(result.stdout.strip()).first_party_caveats()]
@@ -89,7 +78,7 @@ def test_xcache_token_with_explicit_expiry(tmp_path):
 
 def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
     out = tmp_path / "tls"
-    result = casa("mint", "dask-tls", "--hostname", "alice.dask.coffea.casa", "--out", out)
+    result = run_casa("mint", "dask-tls", "--hostname", "alice.dask.coffea.casa", "--out", out)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["ca.pem", "client.pem", "scheduler.pem", "worker.pem"]
     ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
@@ -125,22 +114,22 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path, args, fragment):
     paths = {
         "tmp": tmp_path,
-        "key": keyfile(tmp_path),
-        "world": keyfile(tmp_path, mode=0o644, name="world"),
-        "mac": keyfile(tmp_path, base64.b64encode(os.urandom(32)) + b"\n", name="mac"),
+        "key": write_secret_file(tmp_path / "POOL", KEY),
+        "world": write_secret_file(tmp_path / "world", KEY, 0o644),
+        "mac": write_secret_file(tmp_path / "mac", base64.b64encode(os.urandom(32)) + b"\n"),
     }
-    result = casa(*[a.format(**paths) for a in args])
+    result = run_casa(*[a.format(**paths) for a in args])
     assert_clean_error(result, fragment)
 
 
 def test_secrets_never_printed(tmp_path):
     secret = os.urandom(32)
-    mac = keyfile(tmp_path, base64.b64encode(secret) + b"\n", name="mac")
-    key = keyfile(tmp_path)
+    mac = write_secret_file(tmp_path / "mac", base64.b64encode(secret) + b"\n")
+    key = write_secret_file(tmp_path / "POOL", KEY)
     outputs = [
-        casa("--log-level", "DEBUG", "mint", "xcache-token", "--secret-key", mac, "--location", "S", "--name", "a",
+        run_casa("--log-level", "DEBUG", "mint", "xcache-token", "--secret-key", mac, "--location", "S", "--name", "a",
              "--activity", "LIST", "--path", "/store", "--lifetime", "60"),
-        casa("--log-level", "DEBUG", "mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "i"),
+        run_casa("--log-level", "DEBUG", "mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "i"),
     ]
     text = "".join(r.stdout + r.stderr for r in outputs).encode()
     for form in (secret, base64.b64encode(secret), KEY, base64.b64encode(KEY), KEY.hex().encode()):

@@ -19,6 +19,7 @@ import pytest
 from casa_hub.dask_tls import make_session_tls
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
 from casa_spawner.ports import free_port
+from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,8 +30,7 @@ def scheduler(tmp_path):
     tls = make_session_tls("alice.dask.casa.test")
     files = {"ca": tls.ca_pem, "scheduler": tls.scheduler_pem, "client": tls.client_pem, "worker": tls.worker_pem}
     for name, pem in files.items():
-        (tmp_path / f"{name}.pem").write_bytes(pem)
-        os.chmod(tmp_path / f"{name}.pem", 0o600)
+        write_secret_file(tmp_path / f"{name}.pem", pem)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",
@@ -149,6 +149,7 @@ def test_concurrent_scales_do_not_launch_twice():
     cluster.close()
 
 
+@pytest.mark.e2e
 def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
     cluster = CasaCluster(scheduler, LocalProcessWorkers(log_dir=tmp_path / "workers"), name_prefix="w")
     try:
@@ -171,6 +172,7 @@ def test_local_workers_join_compute_and_leave(scheduler, tmp_path):
     assert "Registered to" in (tmp_path / "workers" / "w-0.log").read_text()
 
 
+@pytest.mark.e2e
 def test_adapt_follows_the_scheduler_within_bounds(scheduler):
     launcher = RecordingLauncher()  # no real workers: submitted tasks stay waiting
     cluster = CasaCluster(scheduler, launcher, name_prefix="a")
@@ -207,6 +209,7 @@ class RefusingOnceLauncher(RecordingLauncher):
         super().launch(names, connection)
 
 
+@pytest.mark.e2e
 def test_adapt_goes_on_after_a_failed_launch(scheduler, caplog):
     launcher = RefusingOnceLauncher()
     cluster = CasaCluster(scheduler, launcher, name_prefix="r")

@@ -10,7 +10,7 @@ import pytest
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall, pool_config
 
-from condor_pool import PoolThread, find_test_htcondor
+from tests.condor_pool import PoolThread, find_test_htcondor
 
 pytestmark = pytest.mark.e2e
 

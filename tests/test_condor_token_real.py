@@ -30,6 +30,7 @@ import jwt
 import pytest
 
 from casa_hub.condor_token import derive_signing_key, make_idtoken, unscramble
+from tests.secret_files import write_secret_file
 
 SHIM_SOURCE = Path(__file__).parent / "condor_shim" / "token_shim.cpp"
 JTI = re.compile(r"^[0-9a-f]{32}$")
@@ -152,17 +153,6 @@ def token_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    # HTCondor reads signing keys with read_secure_file(): the file must be owned
-    # by the (effective) user and not readable by group or others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class CondorPool:
     """An environment-only HTCondor configuration with signing keys in a temp dir."""
 
@@ -173,9 +163,10 @@ class CondorPool:
         pwdir = root / "passwords.d"
         pwdir.mkdir(mode=0o700)
         pool_file = root / "pool_signing_key"
-        _write_secret(pool_file, pool_key)
+        # HTCondor reads signing keys with read_secure_file(): owned by the (effective) user, 0600
+        write_secret_file(pool_file, pool_key)
         for kid, data in named.items():
-            _write_secret(pwdir / kid, data)
+            write_secret_file(pwdir / kid, data)
         env = {
             k: v
             for k, v in os.environ.items()

@@ -1,7 +1,6 @@
 """The session TLS bundle used by a real Dask scheduler, worker and client over tls://."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from casa_hub.dask_tls import make_session_tls
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
 from casa_spawner.ports import free_port
+from tests.secret_files import write_secret_file
 
 
 def write_tls(tmp_path, name, hostname):
@@ -27,8 +27,7 @@ def write_tls(tmp_path, name, hostname):
     paths["ca"].write_bytes(tls.ca_pem)
     for role in ("scheduler", "client", "worker"):
         paths[role] = d / f"{role}.pem"
-        paths[role].write_bytes(tls.role_pem(role))
-        os.chmod(paths[role], 0o600)
+        write_secret_file(paths[role], tls.role_pem(role))
     return tls, paths
 
 
@@ -65,6 +64,7 @@ def test_each_session_has_its_own_ca_and_keys():
     assert len({a.scheduler_pem, a.client_pem, a.worker_pem}) == 3
 
 
+@pytest.mark.e2e
 async def test_scheduler_worker_client_compute_over_tls(tmp_path):
     _, alice = write_tls(tmp_path, "alice", "alice.dask.localhost")
     async with Scheduler(protocol="tls", host="127.0.0.1", port=0, dashboard_address=":0", security=security(alice, "scheduler")) as s:
@@ -76,6 +76,7 @@ async def test_scheduler_worker_client_compute_over_tls(tmp_path):
                 assert len(await client.nthreads()) == 1
 
 
+@pytest.mark.e2e
 async def test_another_sessions_client_certificate_is_refused(tmp_path):
     _, alice = write_tls(tmp_path, "alice", "alice.dask.localhost")
     _, bob = write_tls(tmp_path, "bob", "bob.dask.localhost")
@@ -91,6 +92,7 @@ async def test_another_sessions_client_certificate_is_refused(tmp_path):
             await Client(s.address.replace("tls://", "tcp://"), asynchronous=True, timeout="3s")
 
 
+@pytest.mark.e2e
 async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
     """The sidecar command from the plan starts a real scheduler that the notebook env can reach."""
     facility = Facility(domain="dask-test.localhost", scheduler_port=free_port(), dashboard_port=free_port())

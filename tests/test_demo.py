@@ -10,7 +10,6 @@ left: no process, no listening port, no route, no credentials.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -27,6 +26,9 @@ import requests
 
 from casa_session.cluster import SchedulerConnection
 from casa_spawner.ports import free_port
+from tests.casa_cli import casa_command, run_casa
+from tests.secret_files import write_secret_file
+from tests.secret_scan import base64_file_forms
 
 pytestmark = pytest.mark.e2e
 
@@ -91,12 +93,6 @@ class RunningDemo:
 
     def remember_processes(self) -> None:
         self.seen_pids.update(descendants(self.process.pid))
-
-
-def casa_command() -> str:
-    casa = shutil.which("casa")
-    assert casa, "the casa console script is not installed (pip install -e .)"
-    return casa
 
 
 def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = None) -> RunningDemo:
@@ -313,10 +309,8 @@ def test_second_demo_in_the_same_state_dir_is_refused(demo):
     assert requests.get(f"{demo.url}/hub/login", timeout=30).status_code == 200
 
 
-def secret_forms(demo: RunningDemo) -> list[bytes]:
-    raw_line = (demo.state_dir / "secrets" / "macaroon-secret").read_bytes().strip()
-    key = base64.b64decode(raw_line)
-    return [raw_line, key, key.hex().encode(), base64.urlsafe_b64encode(key).rstrip(b"=")]
+def secret_forms(demo: RunningDemo) -> set[bytes]:
+    return base64_file_forms((demo.state_dir / "secrets" / "macaroon-secret").read_bytes())
 
 
 def test_macaroon_secret_is_private_and_never_printed_or_logged(demo):
@@ -349,10 +343,6 @@ def test_ctrl_c_stops_everything(demo):
     assert all(port_is_free(p) for p in ports)
     assert list((demo.state_dir / "traefik" / "routes").iterdir()) == []
     assert not (demo.state_dir / "sessions" / "users" / "alice").exists()
-
-
-def run_casa(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([casa_command(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -392,12 +382,10 @@ def test_sigterm_while_starting_stops_what_was_started(tmp_path):
 
 
 def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
-    from auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
+    from tests.auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 
     port = free_port()
-    secret_file = tmp_path / "client-secret"
-    secret_file.write_text(CLIENT_SECRET + "\n")
-    secret_file.chmod(0o600)
+    secret_file = write_secret_file(tmp_path / "client-secret", (CLIENT_SECRET + "\n").encode())
     with oidc_provider(tmp_path, [f"http://127.0.0.1:{port}/hub/oauth_callback"]) as issuer:
         running = start_demo(
             tmp_path, "--no-xcache", "--oidc-issuer", issuer, "--oidc-client-id", CLIENT_ID,

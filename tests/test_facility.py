@@ -17,38 +17,25 @@ from casa_hub.condor_token import derive_signing_key
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
+from tests.facilities import MasterSecrets
+from tests.secret_scan import master_secret_forms
+from tests.secret_files import write_secret_file
 
-SIGNING_KEY = b"pool-key\x00with-nul\xde\xad\xbe\xef" + os.urandom(16)
-MACAROON_SECRET = os.urandom(48)
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
-def secret_file(path, data, mode=0o600):
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return str(path)
-
-
 @pytest.fixture
-def facility(tmp_path):
-    cfg = Config()
-    cfg.Facility.domain = "coffea.casa"
-    cfg.Facility.trust_domain = "cms-af.example.org"
-    cfg.Facility.signing_key_file = secret_file(tmp_path / "POOL", SIGNING_KEY)
-    cfg.Facility.macaroon_secret_file = secret_file(tmp_path / "macaroon", base64.b64encode(MACAROON_SECRET) + b"\n")
-    cfg.Facility.xcache_site = "T2_US_Test"
-    cfg.Facility.xcache_paths = ["/store/user/{username}"]
-    cfg.Facility.collector_host = "collector.example.org:9619"
-    cfg.Facility.xcache_host = "root://xcache.example.org:1094"
-    return Facility(config=cfg)
+def facility(make_facility):
+    """The tests' facility (tests.facilities), with one XCache area per user."""
+    return make_facility(xcache_paths=["/store/user/{username}"])
 
 
-def decode_condor(token, facility):
-    key = derive_signing_key(SIGNING_KEY, "POOL")
+def decode_condor(token, facility, master):
+    key = derive_signing_key(master.signing_key, "POOL")
     return jwt.decode(token, key, algorithms=["HS256"], issuer=facility.trust_domain, options={"verify_exp": False, "verify_iat": False})
 
 
-def test_full_bundle_for_one_user(facility):
+def test_full_bundle_for_one_user(facility, master_secrets):
     bundle = facility.issue_bundle("alice@cern.ch", now=NOW)
     paths = {f.path for f in bundle.files}
     assert paths == {
@@ -56,7 +43,7 @@ def test_full_bundle_for_one_user(facility):
         b.DASK_CA_PATH, b.DASK_CLIENT_PATH, b.DASK_WORKER_PATH, b.DASK_SCHEDULER_PATH,
     }
     slug = facility.names("alice@cern.ch").slug
-    claims = decode_condor(bundle.get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility)
+    claims = decode_condor(bundle.get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility, master_secrets)
     assert claims["sub"] == f"{slug}@cms-af.example.org"
     assert claims["scope"] == "condor:/READ condor:/WRITE"
     assert claims["exp"] - claims["iat"] == facility.condor_token_lifetime
@@ -67,15 +54,15 @@ def test_full_bundle_for_one_user(facility):
     assert "path:/store/user/alice@cern.ch/" in caveats
     v = Verifier()
     v.satisfy_general(lambda c: True)
-    assert v.verify(mac, MACAROON_SECRET)
+    assert v.verify(mac, master_secrets.macaroon_secret)
     for f in bundle.files:
         assert f.mode in (0o600, 0o644)
         if f.kind != "dask-ca":
             assert f.mode == 0o600
 
 
-def test_each_user_has_their_own_identity(facility):
-    subs = {decode_condor(facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility)["sub"] for u in ("alice", "bob")}
+def test_each_user_has_their_own_identity(facility, master_secrets):
+    subs = {decode_condor(facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility, master_secrets)["sub"] for u in ("alice", "bob")}
     assert subs == {"alice@cms-af.example.org", "bob@cms-af.example.org"}
 
 
@@ -169,14 +156,7 @@ def test_audit_line_per_issuance_without_tokens(facility, caplog):
             assert token not in text and token[-20:] not in text
 
 
-def forms(secret: bytes):
-    yield secret
-    yield base64.b64encode(secret)
-    yield base64.urlsafe_b64encode(secret).rstrip(b"=")
-    yield secret.hex().encode()
-
-
-def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path):
+def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path, master_secrets):
     """Scan everything a user receives for the signing key and macaroon secret (raw and base64)."""
     haystacks = []
     for user in ("alice", "bob", "Carl.Lundstedt@cern.ch"):
@@ -192,15 +172,15 @@ def test_no_master_secret_in_any_bundle_repr_or_log(facility, caplog, tmp_path):
     haystacks.append("\n".join(r.getMessage() for r in caplog.records).encode())
     haystacks.append(repr(facility.signing_key()).encode() + repr(facility.macaroon_secret()).encode())
     blob = b"\n".join(haystacks)
-    for secret in (SIGNING_KEY, MACAROON_SECRET):
-        for form in forms(secret):
+    for forms in master_secret_forms(master_secrets).values():
+        for form in forms:
             assert form not in blob
     assert b"BEGIN" in blob  # the scan did see the PEM files
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
-def test_key_file_readable_by_others_is_refused(tmp_path, mode):
-    facility = Facility(signing_key_file=secret_file(tmp_path / "POOL", SIGNING_KEY, mode))
+def test_key_file_readable_by_others_is_refused(tmp_path, mode, master_secrets):
+    facility = Facility(signing_key_file=write_secret_file(tmp_path / "POOL", master_secrets.signing_key, mode))
     with pytest.raises(ConfigurationError, match="chmod 600"):
         facility.load_secrets()
 
@@ -209,9 +189,9 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
     "setup,message",
     [
         (lambda p: str(p / "missing"), "does not exist"),
-        (lambda p: secret_file(p / "empty", b""), "is empty"),
+        (lambda p: write_secret_file(p / "empty", b""), "is empty"),
         (lambda p: str(p), "not a regular file"),
-        (lambda p: (os.symlink(secret_file(p / "POOL", SIGNING_KEY, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
+        (lambda p: (os.symlink(write_secret_file(p / "POOL", MasterSecrets.fresh().signing_key, 0o644), p / "link"), str(p / "link"))[1], "chmod 600"),
     ],
 )
 def test_bad_signing_key_file(tmp_path, setup, message):
@@ -225,19 +205,19 @@ def test_bad_signing_key_file(tmp_path, setup, message):
     [(b"not base64 !!\n", "not base64"), (base64.b64encode(b"short") + b"\n", "at least 32")],
 )
 def test_bad_macaroon_secret(tmp_path, content, message):
-    facility = Facility(macaroon_secret_file=secret_file(tmp_path / "m", content))
+    facility = Facility(macaroon_secret_file=write_secret_file(tmp_path / "m", content))
     with pytest.raises(CasaError, match=message):
         facility.load_secrets()
 
 
-def test_a_symlinked_key_file_is_followed(tmp_path):
+def test_a_symlinked_key_file_is_followed(tmp_path, master_secrets):
     """Kubernetes mounts a Secret's files as links into ``..data``: the file they reach counts."""
     data = tmp_path / "..data"
     data.mkdir()
-    secret_file(data / "POOL", SIGNING_KEY)
+    write_secret_file(data / "POOL", master_secrets.signing_key)
     os.symlink("..data/POOL", tmp_path / "POOL")
     facility = Facility(signing_key_file=str(tmp_path / "POOL"))
-    assert facility.signing_key().reveal() == SIGNING_KEY
+    assert facility.signing_key().reveal() == master_secrets.signing_key
 
 
 def test_key_files_are_read_once(facility, tmp_path):

@@ -13,21 +13,21 @@ from traitlets.config import PyFileConfigLoader
 from casa_auth import CasaOAuthenticator
 from casa_hub.facility import Facility
 from casa_spawner.kube import CasaKubeSpawner
-from casa_kube_helpers import validate_kubernetes
+from tests.casa_kube_helpers import validate_kubernetes
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
-FACILITIES = ["cms", "opendata"]
+DEPLOYMENTS = ["cms", "opendata"]
 ENV_VARS = ["CASA_PUBLIC_URL", "CASA_DASK_DOMAIN", "CASA_TRUST_DOMAIN", "CASA_COLLECTOR_HOST", "CASA_SCHEDD_HOST",
             "CASA_XCACHE_HOST", "CASA_KEYS_DIR", "CASA_SESSION_IMAGE"]
 
 
-def load_config(facility: str):
-    path = CONFIG / facility / "jupyterhub_config.py"
+def load_config(deployment: str):
+    path = CONFIG / deployment / "jupyterhub_config.py"
     return PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
 
 
-def load_yaml(facility: str, name: str):
-    return list(yaml.safe_load_all((CONFIG / facility / name).read_text()))
+def load_yaml(deployment: str, name: str):
+    return list(yaml.safe_load_all((CONFIG / deployment / name).read_text()))
 
 
 @pytest.fixture(autouse=True)
@@ -41,15 +41,15 @@ def entry_point(group: str, name: str):
     return ep.load()
 
 
-@pytest.mark.parametrize("facility", FACILITIES)
-def test_config_loads_without_a_cluster_and_names_real_traits(facility):
-    cfg = load_config(facility)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_config_loads_without_a_cluster_and_names_real_traits(deployment):
+    cfg = load_config(deployment)
     assert entry_point("jupyterhub.spawners", cfg.JupyterHub.spawner_class) is CasaKubeSpawner
     assert entry_point("jupyterhub.authenticators", cfg.JupyterHub.authenticator_class) is CasaOAuthenticator
     for section, cls in [("CasaOAuthenticator", CasaOAuthenticator), ("CasaKubeSpawner", CasaKubeSpawner), ("Facility", Facility)]:
         known = set(cls.class_traits(config=True))
         unknown = set(cfg[section]) - known
-        assert not unknown, f"{facility}: {section} has no trait(s) {sorted(unknown)}"
+        assert not unknown, f"{deployment}: {section} has no trait(s) {sorted(unknown)}"
     assert cfg.Authenticator.enable_auth_state is True
 
     fac = Facility(config=cfg)  # validators run: domain, templates, lifetimes
@@ -89,10 +89,10 @@ def test_site_values_come_from_the_environment(monkeypatch):
     assert fac.signing_key_file == "/run/keys/POOL"
 
 
-@pytest.mark.parametrize("facility", FACILITIES)
-def test_z2jh_values_match_the_hub_config(facility):
-    (values,) = load_yaml(facility, "values.yaml")
-    cfg = load_config(facility)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_z2jh_values_match_the_hub_config(deployment):
+    (values,) = load_yaml(deployment, "values.yaml")
+    cfg = load_config(deployment)
     hub = values["hub"]
     assert hub["config"]["JupyterHub"]["spawner_class"] == cfg.JupyterHub.spawner_class
     assert hub["config"]["JupyterHub"]["authenticator_class"] == cfg.JupyterHub.authenticator_class
@@ -127,9 +127,9 @@ API_CALLS = {  # what casa_spawner.kube calls (its module docstring), as RBAC (g
 }
 
 
-@pytest.mark.parametrize("facility", FACILITIES)
-def test_hub_rbac_grants_exactly_the_calls_the_spawner_makes(facility):
-    role, binding = load_yaml(facility, "rbac.yaml")
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_hub_rbac_grants_exactly_the_calls_the_spawner_makes(deployment):
+    role, binding = load_yaml(deployment, "rbac.yaml")
     for obj in (role, binding):
         validate_kubernetes(obj)
     granted = {
@@ -139,7 +139,7 @@ def test_hub_rbac_grants_exactly_the_calls_the_spawner_makes(facility):
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    cfg = load_config(facility)
+    cfg = load_config(deployment)
     group = cfg.CasaKubeSpawner.get("ingress_route_group", CasaKubeSpawner.ingress_route_group.default_value)
     needed = {(group if r == "ingressroutetcps" else g, r, v) for g, r, v in API_CALLS}
     assert granted == needed, {"missing": sorted(needed - granted), "not needed": sorted(granted - needed)}
@@ -147,10 +147,10 @@ def test_hub_rbac_grants_exactly_the_calls_the_spawner_makes(facility):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": role["metadata"]["namespace"]}]
 
 
-@pytest.mark.parametrize("facility", FACILITIES)
-def test_traefik_has_the_dask_entry_point_the_routes_use(facility):
-    (values,) = load_yaml(facility, "traefik-values.yaml")
-    cfg = load_config(facility)
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_traefik_has_the_dask_entry_point_the_routes_use(deployment):
+    (values,) = load_yaml(deployment, "traefik-values.yaml")
+    cfg = load_config(deployment)
     fac = Facility(config=cfg)
     assert values["providers"]["kubernetesCRD"]["enabled"] is True
     for entry_point_name in cfg.CasaKubeSpawner.ingress_route_entry_points:
@@ -159,10 +159,10 @@ def test_traefik_has_the_dask_entry_point_the_routes_use(facility):
         assert port["exposedPort"] == fac.dask_port
         assert port["expose"]["default"] is True
     # z2jh's network policy lets Traefik's pods reach the scheduler port of user pods
-    (z2jh,) = load_yaml(facility, "values.yaml")
+    (z2jh,) = load_yaml(deployment, "values.yaml")
     (rule,) = z2jh["singleuser"]["networkPolicy"]["ingress"]
     assert rule["ports"] == [{"port": fac.scheduler_port, "protocol": "TCP"}]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "traefik"}}}]
     (namespace,) = values["providers"]["kubernetesCRD"]["namespaces"]
-    role, _ = load_yaml(facility, "rbac.yaml")
+    role, _ = load_yaml(deployment, "rbac.yaml")
     assert namespace == role["metadata"]["namespace"]

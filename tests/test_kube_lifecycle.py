@@ -10,8 +10,7 @@ import pytest
 from kubespawner import KubeSpawner
 
 from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
-from fake_kube.spawners import make_spawner
+from tests.fake_kube.spawners import make_spawner
 
 USERS = ("alice", "bob")
 ROUTES = "ingressroutetcps.traefik.io"
@@ -92,7 +91,7 @@ async def test_casa_spawner_starts_polls_and_stops_alice_and_bob(kube, facility)
 
         (route,) = [kube.get(ROUTES, "default", n) for n in objects[ROUTES]]
         assert route["apiVersion"] == "traefik.io/v1alpha1" and route["kind"] == "IngressRouteTCP"
-        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{slug}.dask.coffea.test`)"
+        assert route["spec"]["routes"][0]["match"] == f"HostSNI(`{slug}.dask.coffea.casa`)"
         assert route["spec"]["tls"] == {"passthrough": True}
         assert route["spec"]["entryPoints"] == ["dask"]
         (service,) = [kube.get("services", "default", n) for n in objects["services"]]
@@ -196,7 +195,7 @@ RBAC_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "de
 async def test_casa_calls_are_those_the_hub_rbac_grants(kube, facility):
     """A start over leftovers (409 -> replace), a renewal and a stop: every call on the extra
     objects, as RBAC (group, resource, verb), is what config/*/rbac.yaml grants, no more."""
-    from test_kube_config import API_CALLS
+    from tests.test_kube_config import API_CALLS
 
     kube.set_garbage_collection(False)
     first = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)

@@ -14,17 +14,16 @@ from casa_hub.names import SLUG_MAX_LENGTH, user_slug
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
 from casa_spawner.kube import CasaKubeSpawner
-from casa_kube_helpers import (
+from tests.casa_kube_helpers import (
     TRAEFIK_CRDS,
     assert_no_master_secret,
     ingress_route_tcp_schema,
-    make_facility,
     unknown_fields,
     validate_ingress_route_tcp,
     validate_kubernetes,
 )
-from fake_kube.spawners import make_spawner, reset_kubespawner
-from test_names import TRICKY
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner
+from tests.test_names import TRICKY
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -32,21 +31,16 @@ OWNER = ko.owner_reference("jupyter-alice", "5f0c8b9e-0000-4000-8000-00000000000
 USERNAMES = [u for u, _ in TRICKY]
 
 
-@pytest.fixture(scope="module")
-def facility(tmp_path_factory):
-    return make_facility(tmp_path_factory.mktemp("keys"))
-
-
 def plan_for(facility, username, access_token=None):
     return plan_session(facility, username, facility.issue_bundle(username, access_token=access_token))
 
 
 def test_traefik_crds_are_found_beside_the_checkout():
-    assert TRAEFIK_CRDS.is_file(), f"expected Traefik's CRDs at {TRAEFIK_CRDS} (shared/ is a sibling of the repo)"
+    assert TRAEFIK_CRDS.is_file(), f"expected Traefik's CRDs at {TRAEFIK_CRDS} (shared/ beside the checkout, or $CASA_TEST_SHARED)"
 
 
 @pytest.mark.parametrize("username", USERNAMES)
-def test_every_object_validates_for_tricky_usernames(facility, username):
+def test_every_object_validates_for_tricky_usernames(facility, master_secrets, username):
     plan = plan_for(facility, username)
     opts = ko.KubeSessionOptions()
     objects = ko.session_objects(plan, opts, [OWNER])
@@ -61,7 +55,7 @@ def test_every_object_validates_for_tricky_usernames(facility, username):
             assert unknown_fields(obj, ingress_route_tcp_schema()) == []
         else:
             validate_kubernetes(obj)
-        assert_no_master_secret(obj)
+        assert_no_master_secret(obj, master_secrets)
     assert len(plan.names.slug) <= SLUG_MAX_LENGTH
 
 
@@ -134,8 +128,7 @@ def test_scheduler_key_is_only_in_the_scheduler_secret(facility):
 
 
 @pytest.fixture
-async def spawner(tmp_path):
-    facility = make_facility(tmp_path)
+async def spawner(facility):
     sp = make_spawner(CasaKubeSpawner, "http://127.0.0.1:9", "Alice@CERN.ch", uid=1000, gid=100, facility=facility)
     try:
         yield sp
@@ -143,12 +136,12 @@ async def spawner(tmp_path):
         await reset_kubespawner()
 
 
-async def test_pod_manifest_validates_and_keeps_keys_apart(spawner):
+async def test_pod_manifest_validates_and_keeps_keys_apart(spawner, master_secrets):
     await spawner.run_auth_state_hook({"access_token": "idp-access-token"})
     spawner._plan = await spawner.plan_new_session()
     pod = ko.to_json(await spawner.get_pod_manifest())
     validate_kubernetes(pod)
-    assert_no_master_secret(pod)
+    assert_no_master_secret(pod, master_secrets)
 
     spec = pod["spec"]
     containers = {c["name"]: c for c in spec["containers"]}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
-from casa_kube_helpers import facility_config
+
+pytestmark = pytest.mark.e2e  # a real Dask scheduler and the credential sidecar
 
 
 def free_port() -> int:
@@ -70,11 +70,8 @@ def scheduler_processes():
         proc.stdout.close()
 
 
-def test_notebook_env_reaches_the_sidecar_scheduler_over_mutual_tls(tmp_path, scheduler_processes):
-    cfg = facility_config(tmp_path)
-    cfg.Facility.scheduler_port = free_port()
-    cfg.Facility.dashboard_port = free_port()
-    facility = Facility(config=cfg)
+def test_notebook_env_reaches_the_sidecar_scheduler_over_mutual_tls(tmp_path, make_facility, scheduler_processes):
+    facility = make_facility(scheduler_port=free_port(), dashboard_port=free_port())
     plan = plan_session(facility, "alice", facility.issue_bundle("alice"))
     opts = ko.KubeSessionOptions(
         credentials_mount=str(tmp_path / "run/casa"),

@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from casa_spawner.kube import CasaKubeSpawner
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
-from fake_kube.scan import documents, forbidden, leaks
-from fake_kube.spawners import make_spawner
+from tests.fake_kube.scan import documents, leaks
+from tests.secret_scan import master_secret_forms
+from tests.fake_kube.spawners import make_spawner
 
 USERS = ("alice", "Bob.Smith@cern.ch")
 PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S)
@@ -59,7 +59,7 @@ async def test_no_master_secret_reaches_the_api_logs_or_state(kube, facility, ma
     assert any(r.method == "PATCH" and "/secrets/" in r.path for r in requests), "no renewal was sent"
 
     found = leaks(master_secrets, requests)
-    for label, forms in forbidden(master_secrets).items():
+    for label, forms in master_secret_forms(master_secrets).items():
         for form in forms:
             if form.decode("latin-1") in caplog.text:
                 found.append((label, "log"))
@@ -101,14 +101,14 @@ async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only
 
 def test_the_scan_finds_a_planted_secret():
     """The scanner itself: a key hidden base64-in-base64 at an odd offset inside a Secret is found."""
-    from fake_kube.fixtures import MasterSecrets
-    from fake_kube.server import Request
+    from tests.facilities import MasterSecrets
+    from tests.fake_kube.server import Request
 
     master = MasterSecrets(b"k" * 7 + bytes(range(40)), bytes(range(100, 132)))
     inner = b"xx" + base64.b64encode(b"y" + master.macaroon_secret) + b"\n"
     body = json.dumps({"metadata": {"name": "s"}, "data": {"f": base64.b64encode(b"z" + inner).decode()}}).encode()
     request = Request("POST", "/api/v1/namespaces/default/secrets", "", "application/json", body, 0.0)
-    hits = [where for label, forms in forbidden(master).items() for where, data in documents(request) for form in forms if form in data]
+    hits = [where for label, forms in master_secret_forms(master).items() for where, data in documents(request) for form in forms if form in data]
     assert any("base64-decoded" in w for w in hits)
     clean = Request("POST", "/api/v1/namespaces/default/secrets", "", "application/json", b'{"data": {}}', 0.0)
-    assert not [1 for forms in forbidden(master).values() for _, data in documents(clean) for form in forms if form in data]
+    assert not [1 for forms in master_secret_forms(master).values() for _, data in documents(clean) for form in forms if form in data]

@@ -19,8 +19,8 @@ from traitlets.config import Config
 
 from casa_hub import bundle as b
 from casa_spawner.kube import CasaKubeError, CasaKubeSpawner, SessionCleanupError, SessionObjectError
-from casa_kube_helpers import assert_no_master_secret, facility_config, make_facility
-from fake_kube.spawners import make_spawner, reset_kubespawner
+from tests.casa_kube_helpers import assert_no_master_secret
+from tests.fake_kube.spawners import make_spawner, reset_kubespawner
 
 POD = {"metadata": {"name": "jupyter-alice", "uid": "0b5e7f4c-1111-4222-8333-444455556666"}}
 
@@ -73,11 +73,11 @@ class RecordingApi:
 
 
 @pytest.fixture
-async def make(tmp_path):
+async def make(make_facility):
     async def factory(username="alice", facility=None, core=None, custom=None, **traits):
         traits.setdefault("k8s_api_request_timeout", 1)
         traits.setdefault("k8s_api_request_retry_timeout", 8)
-        sp = make_spawner(CasaKubeSpawner, "http://127.0.0.1:9", username, facility=facility or make_facility(tmp_path), **traits)
+        sp = make_spawner(CasaKubeSpawner, "http://127.0.0.1:9", username, facility=facility or make_facility(), **traits)
         sp.api = core or RecordingApi()
         sp.custom_api = custom or RecordingApi()
         return sp
@@ -94,7 +94,7 @@ async def planned(sp):
     return sp
 
 
-async def test_creates_secrets_service_and_route_owned_by_the_pod(make):
+async def test_creates_secrets_service_and_route_owned_by_the_pod(make, master_secrets):
     sp = await planned(await make())
     await sp.create_session_objects(POD)
     assert sp.api.methods() == ["create_namespaced_secret", "create_namespaced_secret", "create_namespaced_service"]
@@ -105,7 +105,7 @@ async def test_creates_secrets_service_and_route_owned_by_the_pod(make):
     bodies = [args[1] for _, args, _ in sp.api.calls] + [route_kwargs["body"]]
     for body in bodies:
         assert body["metadata"]["ownerReferences"][0]["uid"] == POD["metadata"]["uid"]
-        assert_no_master_secret(body)
+        assert_no_master_secret(body, master_secrets)
     assert [b_["metadata"]["name"] for b_ in bodies] == ["casa-creds-alice", "casa-scheduler-alice", "casa-dask-alice", "casa-dask-alice"]
 
 
@@ -219,7 +219,7 @@ async def test_every_delete_failing_reports_all_of_them(make):
         assert name in str(err.value)
 
 
-async def test_logs_name_objects_never_credentials(make, caplog):
+async def test_logs_name_objects_never_credentials(make, master_secrets, caplog):
     caplog.set_level(logging.DEBUG)
     core = RecordingApi(create_namespaced_secret=[api_error(409), api_error(500)])
     sp = await planned(await make(core=core))
@@ -227,13 +227,13 @@ async def test_logs_name_objects_never_credentials(make, caplog):
     await sp.renew_credentials(now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3))
     await sp.delete_session_objects()
     assert "casa-creds-alice" in caplog.text
-    assert_no_master_secret(caplog.text)
+    assert_no_master_secret(caplog.text, master_secrets)
     for f in sp._bundle.files:
         token = f.content.strip().splitlines()[-2 if f.content.startswith(b"-----") else 0]
         assert token.decode() not in caplog.text
 
 
-async def test_renewal_patches_only_the_reissued_tokens(make):
+async def test_renewal_patches_only_the_reissued_tokens(make, master_secrets):
     sp = await planned(await make())
     before = sp._bundle
     assert await sp.renew_credentials() == []  # nothing is due yet
@@ -249,7 +249,7 @@ async def test_renewal_patches_only_the_reissued_tokens(make):
     assert base64.b64decode(data["bearer_token"]) == sp._bundle.get(b.BEARER_TOKEN_PATH).content
     assert sp._bundle.get(b.BEARER_TOKEN_PATH).content != before.get(b.BEARER_TOKEN_PATH).content
     assert sp._bundle.get(b.CONDOR_TOKEN_PATH) is before.get(b.CONDOR_TOKEN_PATH)
-    assert_no_master_secret(args[2])
+    assert_no_master_secret(args[2], master_secrets)
 
 
 async def test_failed_renewal_keeps_the_current_bundle_and_poll_survives(make):
@@ -262,12 +262,8 @@ async def test_failed_renewal_keeps_the_current_bundle_and_poll_survives(make):
     assert sp._bundle is before
 
 
-async def test_access_token_from_auth_state_becomes_the_bearer_token(tmp_path, make):
-    cfg = facility_config(tmp_path)
-    cfg.Facility.macaroon_secret_file = ""
-    from casa_hub.facility import Facility
-
-    sp = await make(facility=Facility(config=cfg))
+async def test_access_token_from_auth_state_becomes_the_bearer_token(make_facility, make):
+    sp = await make(facility=make_facility(macaroon_secret_file=""))
     expiry = int(time.time()) + 3600
     await sp.run_auth_state_hook({"access_token": "idp-token-1", "refresh_token": "r", "casa": {"access_token_expires_at": expiry}})
     await planned(sp)
@@ -281,8 +277,7 @@ async def test_access_token_from_auth_state_becomes_the_bearer_token(tmp_path, m
     assert sp._bundle.get(b.BEARER_TOKEN_PATH).expires_at == dt.datetime.fromtimestamp(expiry + 3600, dt.timezone.utc)
 
 
-async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart(make, tmp_path):
-    facility = make_facility(tmp_path)
+async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart(make, facility):
     sp = await planned(await make(facility=facility))
     state = sp.get_state()
     text = json.dumps(state)

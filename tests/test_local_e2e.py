@@ -29,8 +29,8 @@ from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConn
 from casa_spawner.demo.traefik import TraefikProcess
 from casa_spawner.ports import free_port
 from casa_spawner.demo.xcache import ensure_macaroon_secret
-from hub_process import start_hub
-from xrootd_server import start_xrootd
+from tests.hub_process import start_hub
+from tests.xrootd_server import start_xrootd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(280)]
 

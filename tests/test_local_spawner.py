@@ -26,22 +26,11 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_spawner.local import CasaLocalSpawner
 from casa_spawner.demo.xcache import ensure_macaroon_secret
+from tests.fake_hub import FakeUser
 
 NOTEBOOK = [sys.executable, "-c", "import time; time.sleep(600)"]
 
-pytestmark = pytest.mark.timeout(120)
-
-
-class FakeUser:
-    """The part of JupyterHub's User a spawner uses here."""
-
-    def __init__(self, name: str, auth_state: dict | None = None):
-        self.name = name
-        self.url = f"/user/{name}/"
-        self._auth_state = auth_state
-
-    async def get_auth_state(self):
-        return self._auth_state
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]  # most tests start a real Dask scheduler
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from pymacaroons import Macaroon
 
 from casa_hub.errors import CredentialError
 from casa_hub.macaroon import BEFORE_FORMAT, decode_secret, make_macaroon
-try:
-    from xrootd_server import XRootDStartError, start_xrootd
-except ImportError:  # tests/ imported as a package
-    from tests.xrootd_server import XRootDStartError, start_xrootd
+from tests.xrootd_server import XRootDStartError, start_xrootd
+
+pytestmark = pytest.mark.e2e  # one real XRootD serves the module
 
 SITE = "CASA_TEST"
 MAXDURATION = 3600

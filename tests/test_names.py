@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from casa_hub.errors import ConfigurationError
 from casa_hub.names import is_dns_label, user_names, user_slug, validate_domain
+from tests.casa_cli import run_casa
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -131,10 +132,6 @@ def test_invalid_domain_is_a_clear_configuration_error(domain, fragment):
 def test_invalid_port_is_refused():
     with pytest.raises(ConfigurationError):
         user_names("alice", "coffea.casa", 70000)
-
-
-def run_casa(*args):
-    return subprocess.run([sys.executable, "-m", "casa_hub.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_names_prints_json():

@@ -4,15 +4,14 @@ stable between runs, and made without a cluster or the master keys."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from casa_spawner.kube import objects as ko
-from casa_kube_helpers import validate_ingress_route_tcp, validate_kubernetes
+from tests.casa_cli import run_casa
+from tests.casa_kube_helpers import validate_ingress_route_tcp, validate_kubernetes
 
 REPO = Path(__file__).resolve().parents[1]
 CMS = str(REPO / "config/cms/jupyterhub_config.py")
@@ -25,7 +24,7 @@ def casa(tmp_path, *args, kubeconfig=None):
     env["HOME"] = str(tmp_path)
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
-    return subprocess.run([sys.executable, "-m", "casa_hub.cli", *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    return run_casa(*args, env=env, cwd=tmp_path, timeout=120)
 
 
 @pytest.fixture(scope="module")

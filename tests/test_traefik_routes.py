@@ -154,6 +154,7 @@ async def traefik(tmp_path):
         await proc.stop()
 
 
+@pytest.mark.e2e
 async def test_routes_pass_tls_through_by_sni_and_follow_the_files(traefik, tmp_path):
     alice, bob = TLSEcho("alice", tmp_path), TLSEcho("bob", tmp_path)
     alice_port, bob_port = await alice.start(), await bob.start()
@@ -176,6 +177,7 @@ async def test_routes_pass_tls_through_by_sni_and_follow_the_files(traefik, tmp_
         await bob.close()
 
 
+@pytest.mark.e2e
 async def test_stop_reaps_the_process(tmp_path):
     proc = TraefikProcess(tmp_path, dask_port=free_port())
     await proc.start()
@@ -186,6 +188,7 @@ async def test_stop_reaps_the_process(tmp_path):
         os.kill(pid, 0)
 
 
+@pytest.mark.e2e
 async def test_a_taken_port_is_reported_clearly(traefik, tmp_path):
     second = TraefikProcess(tmp_path / "second", dask_port=traefik.dask_port)
     with pytest.raises(PortInUseError, match=rf"port {traefik.dask_port} \(dask entry point of Traefik\) is already in use"):

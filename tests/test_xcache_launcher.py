@@ -46,8 +46,9 @@ def secret_file(tmp_path):
 
 
 @pytest.fixture
-def facility(secret_file):
-    return Facility(macaroon_secret_file=str(secret_file), xcache_site=SITE, xcache_paths=["/store/user/{username}"])
+def xcache_facility(make_facility, secret_file):
+    """A facility that signs macaroons with the XCache's own secret file (not ``master_secrets``)."""
+    return make_facility(macaroon_secret_file=str(secret_file), xcache_site=SITE, xcache_paths=["/store/user/{username}"])
 
 
 @pytest.fixture
@@ -95,24 +96,28 @@ def test_config_has_the_directives_xrootd_needs(tmp_path):
     assert not any("http.trace" in line for line in lines)
 
 
-async def test_user_token_reads_own_area_and_not_anothers(server, facility):
-    alice, bob = token(facility, "alice"), token(facility, "bob")
+@pytest.mark.e2e
+async def test_user_token_reads_own_area_and_not_anothers(server, xcache_facility):
+    alice, bob = token(xcache_facility, "alice"), token(xcache_facility, "bob")
     assert get(server, "/store/user/alice/notes.txt", alice) == (200, b"alice's notes\n")
     assert get(server, "/store/user/alice/notes.txt", bob)[0] == 403
     assert get(server, "/store/user/alice/notes.txt")[0] == 403
 
 
-async def test_demo_data_is_open_to_read(server, facility):
+@pytest.mark.e2e
+async def test_demo_data_is_open_to_read(server, xcache_facility):
     assert get(server, DEMO_DATA_PATH) == (200, DEMO_DATA)
-    assert get(server, DEMO_DATA_PATH, token(facility, "bob")) == (200, DEMO_DATA)
+    assert get(server, DEMO_DATA_PATH, token(xcache_facility, "bob")) == (200, DEMO_DATA)
 
 
+@pytest.mark.e2e
 async def test_token_signed_with_another_secret_is_refused(server, tmp_path):
     other = Facility(macaroon_secret_file=str(ensure_macaroon_secret(tmp_path / "other")), xcache_site=SITE,
                      xcache_paths=["/store/user/{username}"])
     assert get(server, "/store/user/alice/notes.txt", token(other, "alice"))[0] == 403
 
 
+@pytest.mark.e2e
 async def test_stop_ends_the_process_and_removes_files(secret_file, tmp_path):
     srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40, log_copy=str(tmp_path / "xrootd.log"))
     await srv.start()
@@ -145,6 +150,7 @@ async def test_bad_secret_gives_a_clear_error_and_leaves_nothing(tmp_path):
     assert srv.process is None and srv.run_dir is None
 
 
+@pytest.mark.e2e
 async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_file):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
@@ -155,6 +161,7 @@ async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_fil
     assert srv.process is None and srv.run_dir is None
 
 
+@pytest.mark.e2e
 async def test_a_cancelled_start_leaves_nothing(secret_file, monkeypatch):
     srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40)
 

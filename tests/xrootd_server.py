@@ -2,7 +2,7 @@ r"""A real XRootD server (HTTP + macaroons) on loopback, for tests and demos.
 
 Usage::
 
-    from xrootd_server import start_xrootd
+    from tests.xrootd_server import start_xrootd
 
     with start_xrootd(tmp_path, sitename="CASA_TEST", secret_b64_file=secret_path,
                       data_dir=data, maxduration=3600) as srv:

@@ -30,7 +30,7 @@ async def serve(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python3 -m fake_kube", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m tests.fake_kube", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument("--pod-start-delay", type=float, default=0.05, help="seconds until a new pod is Running")

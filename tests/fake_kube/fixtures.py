@@ -1,14 +1,11 @@
-"""Pytest fixtures for the fake Kubernetes API; test modules import the ones they use."""
+"""Pytest fixtures for the fake Kubernetes API (a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
-
 import pytest
 
+from .spawners import reset_kubespawner
 from .thread import FakeKube
-from .spawners import make_facility, reset_kubespawner
 
 
 @pytest.fixture
@@ -28,20 +25,3 @@ async def kube(fake_kube):
         yield fake_kube
     finally:
         await reset_kubespawner()
-
-
-@dataclass(frozen=True)
-class MasterSecrets:
-    signing_key: bytes
-    macaroon_secret: bytes
-
-
-@pytest.fixture
-def master_secrets() -> MasterSecrets:
-    return MasterSecrets(secrets.token_bytes(64), secrets.token_bytes(32))
-
-
-@pytest.fixture
-def facility(tmp_path, master_secrets):
-    """A Facility with fresh master secrets the test knows (HTCondor pool key, macaroon secret)."""
-    return make_facility(tmp_path, master_secrets.signing_key, master_secrets.macaroon_secret)

@@ -1,4 +1,4 @@
-"""Scanning what was sent to the fake API for secrets: raw, hex, base64 at any alignment, base64 in base64."""
+"""Scanning what was sent to the fake API for the master secrets (in the forms of tests.secret_scan), base64 in base64 too."""
 
 from __future__ import annotations
 
@@ -6,24 +6,7 @@ import base64
 import binascii
 import json
 
-
-def encoded_forms(secret: bytes) -> set[bytes]:
-    """The secret raw, hex, and base64 (standard and URL-safe) at each of the 3 alignments it
-    can have inside a longer base64 text (the last 4 characters depend on what follows)."""
-    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        for shift in range(3):
-            forms.add(encode(secret[shift:])[:-4])
-    return forms
-
-
-def forbidden(master) -> dict[str, set[bytes]]:
-    out = {}
-    for label, secret in (("signing key", master.signing_key), ("macaroon secret", master.macaroon_secret)):
-        forms = encoded_forms(secret)
-        forms |= encoded_forms(base64.b64encode(secret))  # the macaroon secret's file is itself base64
-        out[label] = forms
-    return out
+from tests.secret_scan import master_secret_forms
 
 
 def documents(request):
@@ -58,7 +41,7 @@ def documents(request):
 def leaks(master, requests) -> list[tuple[str, str]]:
     """(which secret, where) for every request that carries a master secret in any form."""
     found = []
-    for label, forms in forbidden(master).items():
+    for label, forms in master_secret_forms(master).items():
         for request in requests:
             for where, data in documents(request):
                 found += [(label, where) for form in forms if form in data]

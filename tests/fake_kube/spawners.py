@@ -1,7 +1,7 @@
 """Drive real KubeSpawner subclasses against the fake API without a hub.
 
 A spawner needs a user and a hub object only for names and environment
-variables; the small stand-ins here give it those.  KubeSpawner keeps
+variables; tests.fake_hub's stand-ins give it those.  KubeSpawner keeps
 process-wide state (shared API clients per event loop, class-level pod and
 event reflectors, an lru-cached client configuration): :func:`reset_kubespawner`
 clears it so each test starts with a fresh connection to its own fake server.
@@ -10,35 +10,11 @@ clears it so each test starts with a fresh connection to its own fake server.
 from __future__ import annotations
 
 import asyncio
-import itertools
 
 from kubespawner import KubeSpawner
 from kubespawner import clients as kube_clients
 
-_ids = itertools.count(1)
-
-
-class MockUser:
-    """What a Spawner reads from ``jupyterhub.user.User``."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.id = next(_ids)
-        self.url = f"/user/{name}/"
-        self.base_url = "/"
-        self.auth_state = None
-
-    async def get_auth_state(self):
-        return self.auth_state
-
-
-class MockHub:
-    """What a Spawner reads from ``jupyterhub.objects.Hub``."""
-
-    public_host = ""
-    url = "http://hub.test:8081/hub/"
-    base_url = "/hub/"
-    api_url = "http://hub.test:8081/hub/api"
+from tests.fake_hub import FakeHub, FakeUser
 
 
 def spawner_traits(fake_url: str, **overrides) -> dict:
@@ -60,7 +36,7 @@ def spawner_traits(fake_url: str, **overrides) -> dict:
 
 def make_spawner(cls, fake_url: str, username: str, **overrides):
     """A spawner of ``cls`` for ``username`` talking to the fake at ``fake_url``."""
-    spawner = cls(user=MockUser(username), hub=MockHub(), **spawner_traits(fake_url, **overrides))
+    spawner = cls(user=FakeUser(username), hub=FakeHub(), **spawner_traits(fake_url, **overrides))
     spawner.api_token = f"token-for-{username}"
     return spawner
 
@@ -74,24 +50,3 @@ async def reset_kubespawner() -> None:
             kube_clients._client_cache.pop(key, None)
             await client.api_client.close()
     kube_clients.load_config.cache_clear()
-
-
-def write_secret_file(path, data: bytes) -> str:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return str(path)
-
-
-def make_facility(directory, signing_key: bytes, macaroon_secret: bytes, **traits):
-    """A Facility whose master secrets the test knows, so it can scan for them."""
-    import base64
-
-    from casa_hub.facility import Facility
-
-    return Facility(
-        domain=traits.pop("domain", "coffea.test"),
-        signing_key_file=write_secret_file(directory / "POOL", signing_key),
-        macaroon_secret_file=write_secret_file(directory / "macaroon-secret", base64.b64encode(macaroon_secret) + b"\n"),
-        xcache_site="T2_US_Test",
-        **traits,
-    )
