@@ -13,11 +13,12 @@ import yaml
 from traitlets.config import Config
 
 from casa_hub.facility import Facility
+from shared_data import REFERENCE
 
 KUBERNETES_VERSION = "1.30.0"
 SIGNING_KEY = b"casa-pool-signing-key\x00" + os.urandom(24)
 MACAROON_SECRET = os.urandom(48)
-TRAEFIK_CRDS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "traefik-crds-v1.yml"
+TRAEFIK_CRDS = REFERENCE / "traefik-crds-v1.yml"
 
 
 def secret_file(path: Path, data: bytes) -> str:

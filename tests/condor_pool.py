@@ -22,8 +22,9 @@ import pytest
 from casa_hub.condor_token import make_idtoken
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall
+from shared_data import SHARED
 
-SHARED_HTCONDOR = Path(__file__).resolve().parents[2] / "shared" / "htcondor"
+SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
 TRUST_DOMAIN = "casa.test"
 

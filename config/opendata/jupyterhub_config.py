@@ -16,7 +16,10 @@ import os
 
 import casa_auth
 
-c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
+# `c` is given by both loaders of this file: traitlets' (`jupyterhub -f`) and the chart's hub, which
+# exec()s jupyterhub_config.d/*.py in its own namespace -- where get_config is z2jh's get_config(key)
+# and must not be called here.
+c = c  # noqa: F821
 env = os.environ.get
 
 public_url = env("CASA_PUBLIC_URL", "https://coffea-opendataaf.casa").rstrip("/")
