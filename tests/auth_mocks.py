@@ -148,12 +148,34 @@ class MockHandler:
         return self._cookie
 
 
-class MockUser:
-    """A hub user as far as ``refresh_user`` cares: a name and encrypted-at-rest auth_state."""
+class MockGroup:
+    def __init__(self, name: str):
+        self.name = name
 
-    def __init__(self, name: str, auth_state: dict | None):
+
+class MockUser:
+    """A hub user as far as ``refresh_user`` cares: a name, encrypted-at-rest auth_state, groups and admin flag."""
+
+    def __init__(self, name: str, auth_state: dict | None, groups=(), admin: bool = False):
         self.name = name
         self.auth_state = auth_state
+        self.groups = [MockGroup(g) for g in groups]
+        self.admin = admin
+
+    @classmethod
+    def from_model(cls, model: dict) -> "MockUser":
+        """The user as the hub stores a login's auth model (groups synced, admin set when given)."""
+        return cls(model["name"], json.loads(json.dumps(model["auth_state"])), model.get("groups") or (), bool(model.get("admin")))
+
+    def apply(self, refreshed) -> None:
+        """What the hub does with refresh_user's answer (JupyterHub's refresh_auth/auth_to_user): True keeps all."""
+        if refreshed is True or refreshed is False:
+            return
+        self.auth_state = json.loads(json.dumps(refreshed["auth_state"]))
+        if refreshed.get("groups") is not None:
+            self.groups = [MockGroup(g) for g in refreshed["groups"]]
+        if refreshed.get("admin") is not None:
+            self.admin = refreshed["admin"]
 
     async def get_auth_state(self):
         return json.loads(json.dumps(self.auth_state)) if self.auth_state is not None else None
