@@ -130,10 +130,12 @@ class HubProcess:
         self.process.wait()
 
 
-def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0, env: dict | None = None) -> HubProcess:
+def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 60.0, env: dict | None = None,
+              python: str = sys.executable) -> HubProcess:
     """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub.
 
-    ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh key (auth_state needs one) unless ``env`` gives one.
+    ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh key (auth_state needs one) unless ``env`` gives one;
+    ``python`` is the interpreter whose JupyterHub runs (another virtual environment's, say).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
     log_path = workdir / "jupyterhub.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
+            [python, "-m", "jupyterhub", "-f", str(config_path)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), **(env or {})},
         )
