@@ -22,7 +22,7 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default
 
 from .groups import MalformedClaims, extract_groups, normalise_groups, string_claim
 from .pages import CasaLoginPage, LoginProblem

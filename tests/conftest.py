@@ -8,6 +8,9 @@ import pytest
 
 from condor_pool import condor_pool  # noqa: F401 -- the real HTCondor pool, one per test session
 
+# the fake Kubernetes API's fixtures (fake_kube, kube, facility, master_secrets) for every test module
+pytest_plugins = ["fake_kube.fixtures"]
+
 # Tests never talk to a real cluster: KubeSpawner's load_config() needs some kubeconfig,
 # and kubernetes_asyncio reads KUBECONFIG when first imported, so set it before any test
 # module imports it.  Spawners under test point k8s_api_host at tests/fake_kube's server.

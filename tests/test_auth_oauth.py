@@ -343,7 +343,8 @@ def test_refusal_is_an_http_403():
 @pytest.mark.parametrize(
     "template, exception, shows",
     [
-        ("403.html", LoginRefused("bob", ["atlas"], ["cms"], "https://x/apply", "Join"), ['<code class="casa-required-group">cms</code>', 'href="https://x/apply"']),
+        ("403.html", LoginRefused("bob", ["atlas"], ["cms"], "https://x/apply", "Join"),
+         ['<code class="casa-required-group">cms</code>', 'href="https://x/apply"']),
         ("403.html", LoginProblem(403, "Sign-in failed: no 'email' claim"), ["Sign-in failed: no &#39;email&#39; claim"]),
         ("502.html", LoginProblem(502, "Sign-in failed: HTTP 503"), ['<p id="casa-problem">Sign-in failed: HTTP 503</p>']),
         ("403.html", web.HTTPError(403, "plain"), ["plain"]),

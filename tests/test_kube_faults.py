@@ -23,7 +23,6 @@ from kubespawner import KubeSpawner
 
 from casa_spawner.kube import CasaKubeSpawner
 
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
 from fake_kube.scan import leaks
 from fake_kube.spawners import make_spawner
 

@@ -10,7 +10,6 @@ import pytest
 from kubespawner import KubeSpawner
 
 from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
 from fake_kube.spawners import make_spawner
 
 USERS = ("alice", "bob")

@@ -25,7 +25,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from casa_spawner.kube import CasaKubeSpawner
-from fake_kube.fixtures import facility, fake_kube, kube, master_secrets  # noqa: F401  (pytest fixtures)
 from fake_kube.scan import documents, forbidden, leaks
 from fake_kube.spawners import make_spawner
 
@@ -96,7 +95,6 @@ async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only
         assert role in ("scheduler", "client", "worker"), cn
         assert re.search(rf"/secrets\S* \[{secret}-{re.escape(slug)}\] data\.dask__{role}\.pem ", where), where
     assert seen_roles == {(s, r) for s in hosts.values() for r in ("scheduler", "client", "worker")}
-
 
 
 def test_the_scan_finds_a_planted_secret():

@@ -35,7 +35,8 @@ def test_audit_lines_reach_the_application_s_handler_in_its_format(app_log):
     logging.getLogger("casa.traefik").info("route written")
     logging.getLogger("casa.traefik").debug("not at INFO")
     lines = app_log.stream.getvalue().splitlines()
-    assert lines[0].startswith("[I casa.audit audit:") and lines[0].endswith("issued kind=dask-tls user=alice expires=1970-01-01T00:00:00Z id=alice.dask.example.org")
+    assert lines[0].startswith("[I casa.audit audit:")
+    assert lines[0].endswith("issued kind=dask-tls user=alice expires=1970-01-01T00:00:00Z id=alice.dask.example.org")
     assert lines[1].startswith("[I casa.traefik ") and len(lines) == 2
 
 

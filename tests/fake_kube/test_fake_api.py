@@ -8,8 +8,6 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from fake_kube.fixtures import fake_kube  # noqa: F401  (pytest fixture)
-
 
 @pytest.fixture
 async def api(fake_kube):
