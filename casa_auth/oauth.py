@@ -200,9 +200,11 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
 
     @default("auth_state_groups_key")
     def _default_auth_state_groups_key(self):
-        # GenericOAuthenticator's OAUTH2_GROUPS_KEY still works; otherwise casa's group_claims
-        if os.environ.get("OAUTH2_GROUPS_KEY"):
-            return GenericOAuthenticator._auth_state_groups_key_default(self)
+        # GenericOAuthenticator's OAUTH2_GROUPS_KEY (the userinfo claim with the groups) still works;
+        # otherwise casa's group_claims
+        claim = os.environ.get("OAUTH2_GROUPS_KEY")
+        if claim:
+            return f"{self.user_auth_state_key}.{claim}"
         return self.groups_from_claims
 
     # -- endpoints ----------------------------------------------------------------

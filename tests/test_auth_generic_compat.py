@@ -165,3 +165,9 @@ async def test_refresh_user_hook_decides_even_for_a_token_casa_would_give_up_on(
     assert await casa.refresh_user(user) is True
     casa.refresh_user_hook = None
     assert await casa.refresh_user(user) is False
+
+
+def test_oauth2_groups_key_still_names_the_claim(idp, monkeypatch):
+    monkeypatch.setenv("OAUTH2_GROUPS_KEY", "roles")
+    _, casa = both(idp)
+    assert casa.auth_state_groups_key == "oauth_user.roles"  # GenericOAuthenticator's reading of it
