@@ -154,7 +154,8 @@ def main() -> None:
     print(f"{args.users} concurrent spawns, fake API latency {args.latency * 1000:.1f} ms/request, best of {args.rounds}")
     print("stall = how late a 5 ms ticker on the spawners' event loop woke up (worst over all runs)")
     print("gc pause = the garbage collector's longest pause in the same windows (part of the stalls)")
-    print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} {'stall start':>12} {'stall stop':>11} {'p99 stall':>10} {'gc pause':>9}")
+    print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} "
+          f"{'stall start':>12} {'stall stop':>11} {'p99 stall':>10} {'gc pause':>9}")
     best = {}
     for name, runs in results.items():
         b = min(runs, key=lambda r: r["start_wall"])

@@ -2,13 +2,16 @@
 
 A plain subclass of oauthenticator's ``GenericOAuthenticator``: presets for the IdPs
 facilities use (``idp``), groups from configurable claim paths, and the ``casa`` part of
-auth_state added in ``modify_auth_state_hook`` — which oauthenticator also runs on
-``refresh_user`` — so a refresh keeps it.
+auth_state added in ``build_auth_state_dict`` -- which oauthenticator calls on login and on
+``refresh_user`` alike, so a refresh keeps it.  Every GenericOAuthenticator setting keeps its
+meaning (``claim_groups_key``, ``auth_state_groups_key``, ``modify_auth_state_hook``,
+``refresh_user_hook`` ...); the README lists what casa changes on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import weakref
@@ -19,9 +22,9 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Int, List, Unicode, default
 
-from .groups import MalformedClaims, extract_groups, string_claim
+from .groups import MalformedClaims, extract_groups, normalise_groups, string_claim
 from .pages import CasaLoginPage, LoginProblem
 from .rules import CasaGroupRules
 from .presets import ENDPOINT_TRAITS, PRESETS, DiscoveryError, discovery_url, parse_discovery, preset_endpoints
@@ -32,28 +35,6 @@ _ENDPOINT_ENV = {
     "token_url": "OAUTH2_TOKEN_URL",
     "userdata_url": "OAUTH2_USERDATA_URL",
 }
-
-
-def add_casa_state(authenticator, auth_state):
-    """The default ``modify_auth_state_hook``: adds ``auth_state["casa"]`` (see casa_auth.state)."""
-    return authenticator.add_casa_state(auth_state)
-
-
-def _chain_hooks(first, second):
-    """A modify_auth_state_hook running ``first`` (the operator's) and then ``second`` (casa's)."""
-
-    async def hook(authenticator, auth_state):
-        for fn in (first, second):
-            auth_state = fn(authenticator, auth_state)
-            if isawaitable(auth_state):
-                auth_state = await auth_state
-        return auth_state
-
-    hook.adds_casa_state = True
-    return hook
-
-
-add_casa_state.adds_casa_state = True
 
 
 def _scrubbed(error: web.HTTPError, says: str) -> web.HTTPError:
@@ -217,18 +198,14 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
     def _default_username_claim(self):
         return os.environ.get("OAUTH2_USERNAME_KEY") or self.preset.username_claim
 
-    @default("modify_auth_state_hook")
-    def _default_modify_auth_state_hook(self):
-        return add_casa_state
-
-    @validate("modify_auth_state_hook")
-    def _keep_casa_state(self, proposal):
-        hook = proposal["value"]
-        if hook is None:
-            return add_casa_state
-        if getattr(hook, "adds_casa_state", False):
-            return hook
-        return _chain_hooks(hook, add_casa_state)
+    @default("auth_state_groups_key")
+    def _default_auth_state_groups_key(self):
+        # GenericOAuthenticator's OAUTH2_GROUPS_KEY (the userinfo claim with the groups) still works;
+        # otherwise casa's group_claims
+        claim = os.environ.get("OAUTH2_GROUPS_KEY")
+        if claim:
+            return f"{self.user_auth_state_key}.{claim}"
+        return self.groups_from_claims
 
     # -- endpoints ----------------------------------------------------------------
 
@@ -311,21 +288,26 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
             raise MalformedClaims(f"the identity provider's ID token is for {aud!r}, not for this hub ({self.client_id})")
         return claims
 
-    def add_casa_state(self, auth_state: dict) -> dict:
-        """``auth_state["casa"]``: username, facility slug, groups, access-token expiry, kept ID-token claims."""
-        user_info = auth_state.get(self.user_auth_state_key)
-        id_claims = self.id_token_claims_of(auth_state)
+    def groups_from_claims(self, auth_state: dict) -> list[str]:
+        """The default ``auth_state_groups_key``: groups at ``group_claims`` in ``group_claim_sources``."""
         sources = {}
         if "userinfo" in self.group_claim_sources:
-            sources["userinfo"] = user_info
+            sources["userinfo"] = auth_state.get(self.user_auth_state_key)
         if "id_token" in self.group_claim_sources:
-            sources["id_token"] = id_claims
-        groups = extract_groups(sources, self.group_claims)
-        username = self.normalize_username(self.user_info_to_username(user_info))
+            sources["id_token"] = self.id_token_claims_of(auth_state)
+        return list(extract_groups(sources, self.group_claims))
+
+    async def build_auth_state_dict(self, token_info, user_info):
+        """oauthenticator's auth_state plus ``auth_state["casa"]`` (username, slug, token expiry, ID-token claims);
+        its ``groups`` are filled in :meth:`update_auth_model`, after ``modify_auth_state_hook`` ran."""
+        auth_state = super().build_auth_state_dict(token_info, user_info)
+        if isawaitable(auth_state):
+            auth_state = await auth_state
+        id_claims = self.id_token_claims_of(auth_state)
         kept = {k: id_claims[k] for k in self.id_token_claims if id_claims and k in id_claims}
         auth_state[CASA_KEY] = casa_state(
-            username=username,
-            groups=groups,
+            username=self.normalize_username(self.user_info_to_username(user_info)),
+            groups=(),
             idp=self.idp,
             access_token_expires_at=token_expires_at(auth_state.get("token_response")),
             claims=kept,
@@ -333,7 +315,20 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         return auth_state
 
     async def get_user_groups(self, auth_state):
-        return set(auth_state[CASA_KEY]["groups"])
+        """oauthenticator's groups (``auth_state_groups_key``), spelled as casa spells them (``/cms`` is ``cms``)."""
+        groups = await super().get_user_groups(auth_state)
+        bad = [g for g in groups if not isinstance(g, str)]
+        if bad:
+            raise MalformedClaims(f"the identity provider's groups contain a {type(bad[0]).__name__} ({bad[0]!r:.40}) where a group name was expected")
+        return set(normalise_groups(groups))
+
+    async def update_auth_model(self, auth_model):
+        """``auth_state["casa"]["groups"]``: the groups of the final auth_state (the operator's hook included)."""
+        auth_model = await super().update_auth_model(auth_model)
+        auth_state = auth_model.get("auth_state")
+        if isinstance(auth_state, dict) and isinstance(auth_state.get(CASA_KEY), dict):
+            auth_state[CASA_KEY]["groups"] = sorted(await self.get_user_groups(auth_state))
+        return auth_model
 
     # -- login ------------------------------------------------------------------------
 
@@ -361,9 +356,12 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         except OSError as e:  # tornado raises the connection's own error when nothing answered
             self.log.error("Login failed, the identity provider could not be reached: %s", e)
             raise LoginProblem(502, "Sign-in failed: the identity provider could not be reached. Please try again later.") from None
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError) as e:
             self.log.error("Login failed, unusable IdP answer: %r", e)
             raise LoginProblem(502, "Sign-in failed: the identity provider's answer could not be understood.") from None
+        except Exception:  # a bug (here, in a hook): the traceback is for the operator, not the page
+            self.log.exception("Login failed with an unexpected error")
+            raise LoginProblem(500, "Sign-in failed because of an error in the hub; its administrators will find it in the hub's log.") from None
 
     async def check_allowed(self, username, auth_model):
         """oauthenticator's rules (allowed_users, admin, allowed_groups ...); a refusal is a 403 page naming the groups."""
@@ -391,9 +389,13 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
             lock = locks[username] = asyncio.Lock()
         return lock
 
-    async def _renew_access_token(self, user, auth_state, handler):
-        """Trade the refresh token for a fresh access token and store it, before oauthenticator's refresh reads it."""
-        refresh_token = auth_state.get("refresh_token")
+    async def _renew_if_due(self, user, model: dict, handler) -> dict:
+        """The model with a fresh access token when the one it holds expires within the margin."""
+        auth_state = model["auth_state"]
+        due, _ = self._access_token_due(auth_state)
+        if not due or not auth_state.get("refresh_token"):
+            return model
+        refresh_token = auth_state["refresh_token"]
         token_info = await self.get_token_info(handler, self.build_refresh_token_request_params(refresh_token))
         if not token_info.get("refresh_token"):
             token_info["refresh_token"] = refresh_token
@@ -404,37 +406,73 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
             "token_response": token_info,
         }
         if isinstance(auth_state.get(CASA_KEY), dict):
-            # the expiry _access_token_due reads, so a concurrent or failed refresh does not renew again
             renewed[CASA_KEY] = {**auth_state[CASA_KEY], "access_token_expires_at": token_expires_at(token_info)}
-        await user.save_auth_state(renewed)
         self.log.info("Renewed the access token of %s", user.name)
+        return {**model, "auth_state": renewed}
+
+    def _unchanged(self, user, model: dict, stored) -> bool:
+        """Whether the refreshed model changes nothing the hub keeps (auth_state, groups, admin): then
+        ``refresh_user`` answers True, as JupyterHub's contract allows, and the hub writes nothing."""
+        try:
+            if json.dumps(model.get("auth_state"), sort_keys=True) != json.dumps(stored, sort_keys=True):
+                return False
+        except (TypeError, ValueError):
+            return False
+        if self.manage_groups and model.get("groups") is not None:
+            current = getattr(user, "groups", None)
+            if current is None or sorted(model["groups"]) != sorted(g.name for g in current):
+                return False
+        if model.get("admin") is not None and model["admin"] != getattr(user, "admin", None):
+            return False
+        return not (self.manage_roles and model.get("roles") is not None)
+
+    async def _refresh(self, user, handler, **kwargs):
+        """oauthenticator's refresh, then renewal of a token about to expire, one at a time per user."""
+        # one refresh per user at a time: concurrent requests would spend the same refresh
+        # token twice, and an IdP that rotates refresh tokens refuses (or revokes) the second
+        async with self._renewal_lock(user.name):
+            stored = await user.get_auth_state()
+            _, expired = self._access_token_due(stored)
+            if self.refresh_user_hook is None and expired and not (stored or {}).get("refresh_token"):
+                # nothing can make this token work again: no round trip to the IdP
+                self.log.info("The access token of %s expired and there is no refresh token", user.name)
+                return False
+            # the operator's refresh_user_hook first, then the stored token, the refresh token on a 4xx
+            model = await super().refresh_user(user, handler, **kwargs)
+            if not isinstance(model, dict):
+                return model
+            model = await self._renew_if_due(user, model, handler)
+            if (model.get("auth_state") or {}).get("refresh_token") != (stored or {}).get("refresh_token"):
+                # a spent refresh token: save the new one now, before the next refresh of this user runs
+                await user.save_auth_state(model["auth_state"])
+        if not await super().check_allowed(user.name, model):
+            self.log.warning("%s is no longer in an allowed group (has %s)", user.name, model.get("groups"))
+            return False
+        return True if self._unchanged(user, model, stored) else model
 
     async def refresh_user(self, user, handler=None, **kwargs):
-        """oauthenticator's refresh (casa keys rebuilt by the hook), renewing near-dead tokens first.
+        """oauthenticator's refresh (casa keys rebuilt by ``build_auth_state_dict``), a token about to expire renewed.
 
-        Any failure — refresh token refused, IdP down, malformed answer, groups lost — returns
-        False: JupyterHub then asks for a new login instead of keeping a dead token.
+        True when nothing changed; False -- a new login -- when the IdP refuses the refresh token,
+        cannot be reached, answers something unusable, or the user lost their group.  An unexpected
+        error (a bug) is logged with its traceback and also ends the login: the hub must not keep a
+        login it could not check, and raising would fail every request of that user, the login page's too.
         """
+        if not self.enable_auth_state:
+            return True
         try:
             await self.discover_endpoints()
-            if self.enable_auth_state:
-                # one renewal per user at a time: concurrent requests would spend the same refresh
-                # token twice, and an IdP that rotates refresh tokens refuses (or revokes) the second
-                async with self._renewal_lock(user.name):
-                    auth_state = await user.get_auth_state()
-                    due, expired = self._access_token_due(auth_state)
-                    if due and auth_state.get("refresh_token"):
-                        await self._renew_access_token(user, auth_state, handler)
-                    elif expired:
-                        self.log.info("The access token of %s expired and there is no refresh token", user.name)
-                        return False
-            model = await super().refresh_user(user, handler, **kwargs)
-            if isinstance(model, dict) and not await super().check_allowed(user.name, model):
-                self.log.warning("%s is no longer in an allowed group (has %s)", user.name, model.get("groups"))
-                return False
-            return model
+            return await self._refresh(user, handler, **kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except HTTPClientError as e:
+            reason = "could not be reached" if e.code == 599 else f"answered HTTP {e.code}"
+            self.log.warning("Refreshing the login of %s failed, a new login is required: the identity provider %s", user.name, reason)
+        except OSError as e:
+            self.log.warning("Refreshing the login of %s failed, a new login is required: the identity provider could not be reached (%s)",
+                             user.name, e)
+        except (web.HTTPError, ValueError, KeyError) as e:  # scrubbed oauthenticator errors, MalformedClaims, bad JSON
             self.log.warning("Refreshing the login of %s failed, a new login is required: %s", user.name, _safe_reason(e))
-            return False
+        except Exception:
+            self.log.exception("Refreshing the login of %s failed with an unexpected error; a new login is required", user.name)
+        return False

@@ -18,6 +18,7 @@ from .audit import record_issuance
 from .condor_token import check_key_id, check_trust_domain, make_idtoken, parse_authz
 from .dask_tls import make_session_tls
 from .errors import ConfigurationError, CredentialError
+from .logs import attach_to_running_application
 from .macaroon import DEFAULT_MAX_LIFETIME, decode_secret, make_macaroon, parse_activities
 from .names import UserNames, user_names, validate_domain
 from .secrets import SecretBytes, read_secret_file
@@ -44,6 +45,10 @@ class Facility(SingletonConfigurable):
     Spawners and services share one instance -- ``Facility.instance(config=self.config)``
     -- so key files are read once per hub, not once per user.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        attach_to_running_application()  # the audit lines this issues reach the hub's log
 
     domain = Unicode(
         "localhost",

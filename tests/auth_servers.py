@@ -26,7 +26,8 @@ CLIENT_SECRET = "casa-e2e-client-secret"
 
 #: the test accounts: groups the way INDIGO IAM spells them, in both claims it uses
 ACCOUNTS = {
-    "alice": {"password": "alice-pw", "claims": {"email": "alice@example.org", "preferred_username": "alice", "name": "Alice", "wlcg.groups": ["/cms", "/cms/uscms"]}},
+    "alice": {"password": "alice-pw", "claims": {"email": "alice@example.org", "preferred_username": "alice", "name": "Alice",
+                                                 "wlcg.groups": ["/cms", "/cms/uscms"]}},
     "carol": {"password": "carol-pw", "claims": {"email": "carol@example.org", "preferred_username": "carol", "groups": ["/cms", "/cms/admins"]}},
     "bob": {"password": "bob-pw", "claims": {"email": "bob@example.org", "preferred_username": "bob", "groups": ["/atlas"]}},
     "mallory": {"password": "mallory-pw", "claims": {"email": "mallory@example.org", "preferred_username": "mallory", "groups": 42}},

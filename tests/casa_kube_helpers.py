@@ -10,11 +10,11 @@ import kubernetes_validate
 import yaml
 
 from tests.facilities import MasterSecrets
-from tests.paths import SHARED
+from tests.paths import REFERENCE
 from tests.secret_scan import master_secret_forms
 
 KUBERNETES_VERSION = "1.30.0"
-TRAEFIK_CRDS = SHARED / "reference" / "traefik-crds-v1.yml"
+TRAEFIK_CRDS = REFERENCE / "traefik-crds-v1.yml"
 
 
 def assert_no_master_secret(obj, master: MasterSecrets) -> None:

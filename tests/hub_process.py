@@ -146,11 +146,12 @@ def hub_ports() -> tuple[int, str]:
 
 
 def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: float = 90.0, env: dict | None = None,
-              port: int | None = None) -> HubProcess:
+              port: int | None = None, python: str = sys.executable) -> HubProcess:
     """Write ``jupyterhub_config.py`` (ports, proxy, API token + ``config_lines``) and start the hub.
 
     ``port`` is the public port (default: a free one).  ``JUPYTERHUB_CRYPT_KEY`` is set to a fresh
-    key (auth_state needs one) unless ``env`` gives one.
+    key (auth_state needs one) unless ``env`` gives one; ``python`` is the interpreter whose
+    JupyterHub runs (another virtual environment's, say).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
     hub_env = {k: v for k, v in os.environ.items() if k not in OAUTH_ENV}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
+            [python, "-m", "jupyterhub", "-f", str(config_path)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**hub_env, "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32), **(env or {})},
         )

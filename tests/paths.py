@@ -20,3 +20,4 @@ def find_shared() -> Path:
 
 
 SHARED = find_shared()
+REFERENCE = SHARED / "reference"

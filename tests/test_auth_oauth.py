@@ -170,16 +170,18 @@ async def test_manage_groups_is_on_by_default_so_allowed_groups_just_work():
 async def logged_in_user(make_authenticator, idp, **config):
     authenticator = make_authenticator(**config)
     model = await login(authenticator, idp, {**ALICE, "groups": ["/cms"]})
-    return authenticator, FakeUser(model["name"], model["auth_state"])
+    return authenticator, FakeUser.from_model(model)
 
 
 async def test_refresh_keeps_casa_keys(make_authenticator, idp):
     authenticator, user = await logged_in_user(make_authenticator, idp)
+    assert await authenticator.refresh_user(user) is True  # nothing changed: the hub writes nothing
+    idp.set_userinfo({**ALICE, "groups": ["/cms", "/cms/uscms"]})
     refreshed = await authenticator.refresh_user(user)
-    assert refreshed["auth_state"]["casa"]["groups"] == ["cms"]
+    assert refreshed["auth_state"]["casa"]["groups"] == ["cms", "cms/uscms"]
     assert refreshed["auth_state"]["casa"]["slug"] == "alice"
     assert refreshed["auth_state"]["casa"]["access_token_expires_at"] == user.auth_state["casa"]["access_token_expires_at"]
-    assert refreshed["groups"] == ["cms"]
+    assert refreshed["groups"] == ["cms", "cms/uscms"]
 
 
 async def test_refresh_with_revoked_access_token_uses_refresh_token_and_keeps_casa_keys(make_authenticator, idp):
@@ -216,9 +218,11 @@ async def test_concurrent_refreshes_renew_the_token_once(make_authenticator, idp
     idp.expires_in = 3600  # the renewed token is not due again
     monkeypatch.setattr(idp, "fetch", slow_fetch)
     results = await asyncio.gather(authenticator.refresh_user(user), authenticator.refresh_user(user))
-    assert all(isinstance(r, dict) for r in results), results
+    assert False not in results, results
     assert idp.grant_types() == ["authorization_code", "refresh_token"]
-    assert {r["auth_state"]["access_token"] for r in results} == {user.auth_state["access_token"]}
+    # the first renewed (and saved) the token; the second found it renewed: nothing left to change
+    (renewed,) = [r for r in results if r is not True]
+    assert renewed["auth_state"]["access_token"] == user.auth_state["access_token"] in idp.access_tokens
 
 
 async def test_failed_refresh_forces_a_new_login(make_authenticator, idp):
@@ -249,17 +253,23 @@ async def test_refresh_after_losing_the_group_forces_a_new_login(make_authentica
 
 
 async def test_operator_hook_runs_and_casa_keys_stay(make_authenticator, idp):
+    calls = []
+
     def hook(authenticator, auth_state):
+        calls.append(auth_state["access_token"])
         auth_state["oauth_user"]["groups"] = ["/cms"]  # e.g. groups fetched from another service
         auth_state["site"] = "T2_US_Nebraska"
         return auth_state
 
     authenticator, user = await logged_in_user(make_authenticator, idp, modify_auth_state_hook=hook)
-    assert user.auth_state["site"] == "T2_US_Nebraska"
+    assert authenticator.modify_auth_state_hook is hook
+    assert user.auth_state["site"] == "T2_US_Nebraska" and user.auth_state["casa"]["groups"] == ["cms"]
     idp.set_userinfo({**ALICE})  # the IdP stops listing groups; the operator's hook still adds them
+    idp.revoke_access_tokens()  # and the refresh goes through the refresh token: a new auth_state
     refreshed = await authenticator.refresh_user(user)
+    assert len(calls) == 2  # oauthenticator runs the hook on refresh too
     assert refreshed["auth_state"]["site"] == "T2_US_Nebraska"
-    assert refreshed["auth_state"]["casa"]["groups"] == ["cms"]
+    assert refreshed["auth_state"]["casa"]["groups"] == ["cms"] and refreshed["groups"] == ["cms"]
 
 
 # -- presets, environment, discovery ----------------------------------------------
@@ -334,7 +344,8 @@ def test_refusal_is_an_http_403():
 @pytest.mark.parametrize(
     "template, exception, shows",
     [
-        ("403.html", LoginRefused("bob", ["atlas"], ["cms"], "https://x/apply", "Join"), ['<code class="casa-required-group">cms</code>', 'href="https://x/apply"']),
+        ("403.html", LoginRefused("bob", ["atlas"], ["cms"], "https://x/apply", "Join"),
+         ['<code class="casa-required-group">cms</code>', 'href="https://x/apply"']),
         ("403.html", LoginProblem(403, "Sign-in failed: no 'email' claim"), ["Sign-in failed: no &#39;email&#39; claim"]),
         ("502.html", LoginProblem(502, "Sign-in failed: HTTP 503"), ['<p id="casa-problem">Sign-in failed: HTTP 503</p>']),
         ("403.html", web.HTTPError(403, "plain"), ["plain"]),
@@ -411,3 +422,45 @@ async def test_tokens_of_a_response_without_id_token_reach_no_log(make_authentic
     assert "Refreshing the login of alice failed" in caplog.text
     for secret in (user.auth_state["access_token"], user.auth_state["refresh_token"]):
         assert secret not in caplog.text
+
+
+# -- what a failed refresh tells the operator -------------------------------------------
+
+
+def _broken_hook(authenticator, auth_state):
+    return auth_state["oauth_user"]["sub"] + 1  # a bug (TypeError), not a problem of the IdP
+
+
+async def test_an_unexpected_error_in_refresh_is_logged_with_its_traceback(make_authenticator, idp, caplog):
+    caplog.set_level("INFO")
+    authenticator, user = await logged_in_user(make_authenticator, idp)
+    authenticator.modify_auth_state_hook = _broken_hook
+    assert await authenticator.refresh_user(user) is False  # fail closed: a login the hub could not check ends
+    (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert record.levelname == "ERROR" and record.exc_info[0] is TypeError
+    assert "Traceback" in caplog.text and "_broken_hook" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path, status, says",
+    [
+        pytest.param("/userinfo", 503, "the identity provider answered HTTP 503", id="idp-down"),
+        pytest.param("/userinfo", 599, "the identity provider could not be reached", id="idp-unreachable"),
+        pytest.param("/userinfo", 200, "Expecting value", id="userinfo-not-json"),
+    ],
+)
+async def test_expected_refresh_failures_are_one_line(make_authenticator, idp, caplog, path, status, says):
+    caplog.set_level("INFO")
+    authenticator, user = await logged_in_user(make_authenticator, idp)
+    idp.overrides[path] = (status, b"<html>")
+    assert await authenticator.refresh_user(user) is False
+    (record,) = [r for r in caplog.records if "Refreshing the login of alice failed" in r.getMessage()]
+    assert record.levelname == "WARNING" and record.exc_info is None and says in record.getMessage()
+
+
+async def test_an_unexpected_error_at_login_is_a_500_page_and_a_traceback(make_authenticator, idp, caplog):
+    with pytest.raises(LoginProblem) as problem:
+        await login(make_authenticator(modify_auth_state_hook=_broken_hook), idp, {**ALICE, "groups": ["/cms"]})
+    assert problem.value.status_code == 500 and "hub's log" in problem.value.jupyterhub_message
+    (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert record.exc_info[0] is TypeError

@@ -72,5 +72,7 @@ async def test_discovery_login_and_refresh_through_the_real_provider(provider):
     assert refreshed["groups"] == ["cms", "cms/uscms"]
 
     # a refresh token the provider no longer accepts: a new login is required
-    user.auth_state = {**state, "refresh_token": "not-a-refresh-token"}
+    # (stored where oauthenticator reads it back on refresh: beside the access token and in the token response)
+    user.auth_state = {**state, "refresh_token": "not-a-refresh-token",
+                       "token_response": {**state["token_response"], "refresh_token": "not-a-refresh-token"}}
     assert await authenticator.refresh_user(user) is False

@@ -91,6 +91,10 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
         assert x509.load_pem_x509_certificate(data).issuer == ca.subject
 
 
+XCACHE_MAC = ["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a"]
+XCACHE_KEY = ["mint", "xcache-token", "--secret-key", "{key}", "--location", "S", "--name", "a"]
+
+
 @pytest.mark.parametrize(
     "args,fragment",
     [
@@ -99,11 +103,11 @@ def test_dask_tls_writes_four_private_files_and_no_ca_key(tmp_path):
         (["mint", "condor-token", "--signing-key", "{key}", "--trust-domain", "t", "--identity", "i", "--authz", "ROOT"], "unknown HTCondor authorization"),
         (["mint", "condor-token", "--signing-key", "{key}", "--trust-domain", "t", "--identity", "i", "--token-id", "xyz"], "32 hex"),
         (["mint", "condor-token", "--signing-key", "{key}", "--trust-domain", "", "--identity", "i"], "must not be empty"),
-        (["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a", "--activity", "FLY", "--path", "/store", "--lifetime", "60"], "unknown XRootD activity"),
-        (["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "/store", "--lifetime", "90000"], "maxduration=86400"),
-        (["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "store", "--lifetime", "60"], "absolute path"),
-        (["mint", "xcache-token", "--secret-key", "{mac}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "/store", "--expires", "tomorrow"], "YYYY-mm-dd"),
-        (["mint", "xcache-token", "--secret-key", "{key}", "--location", "S", "--name", "a", "--activity", "LIST", "--path", "/store", "--lifetime", "60"], "not base64"),
+        ([*XCACHE_MAC, "--activity", "FLY", "--path", "/store", "--lifetime", "60"], "unknown XRootD activity"),
+        ([*XCACHE_MAC, "--activity", "LIST", "--path", "/store", "--lifetime", "90000"], "maxduration=86400"),
+        ([*XCACHE_MAC, "--activity", "LIST", "--path", "store", "--lifetime", "60"], "absolute path"),
+        ([*XCACHE_MAC, "--activity", "LIST", "--path", "/store", "--expires", "tomorrow"], "YYYY-mm-dd"),
+        ([*XCACHE_KEY, "--activity", "LIST", "--path", "/store", "--lifetime", "60"], "not base64"),
         (["mint", "dask-tls", "--hostname", "", "--out", "{tmp}/x"], "must not be empty"),
         (["mint", "dask-tls", "--hostname", "h", "--out", "{tmp}/x", "--lifetime", "0"], "lifetime must be positive"),
         (["names", ""], "must not be empty"),

@@ -225,6 +225,33 @@ def test_alice_logs_in_and_gets_jupyterlab(demo):
     assert (demo.state_dir / "traefik" / "routes" / "casa-dask-alice.yml").is_file()
 
 
+# JupyterHub's log format (its default log_format, without colour in a file)
+HUB_LINE = r"\[(?P<level>[DIWEC]) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?P<logger>\S+) (?P<where>\w+:\d+)\] (?P<message>.*)"
+
+
+def test_the_hub_log_has_an_audit_line_per_credential_in_the_hub_s_format(demo):
+    """The hub (casa_spawner/local/jupyterhub_config.py, casa-local) writes casa.audit's lines into its own log."""
+    session = login(demo, "alice")
+    session.get(f"{demo.url}/hub/spawn", timeout=60)  # starts alice's session if it is not running yet
+    deadline = time.monotonic() + 150
+    while not (alice_credentials(demo) / "dask" / "client.pem").is_file():
+        assert time.monotonic() < deadline, "alice's session did not get its credentials"
+        time.sleep(1)
+    demo.remember_processes()
+    log = (demo.state_dir / "logs" / "jupyterhub.log").read_text(errors="replace").splitlines()
+    lines = [m.groupdict() for m in map(re.compile(HUB_LINE).fullmatch, log) if m]
+    assert any(line["logger"] == "JupyterHub" and line["message"].startswith("Running JupyterHub version") for line in lines)
+    audit = [line for line in lines if line["logger"] == "casa.audit"]
+    kinds = {re.search(r"kind=(\S+) user=alice ", line["message"]).group(1) for line in audit if "user=alice " in line["message"]}
+    # the session's TLS certificates and its data token (a macaroon, or the IdP's token without a macaroon secret)
+    assert "dask-tls" in kinds and kinds & {"xcache-macaroon", "wlcg-bearer"}, "\n".join(log[-40:])
+    for line in audit:
+        assert line["level"] == "I" and line["where"].startswith("audit:")
+        assert re.fullmatch(r"issued kind=\S+ user=\S+ expires=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ id=\S+", line["message"]), line
+    token = (alice_credentials(demo) / "bearer_token").read_text().strip()
+    assert token not in "\n".join(log)  # the line names the credential, never carries it
+
+
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 

@@ -1,11 +1,14 @@
 """The ready-made Kubernetes configs (config/cms, config/opendata) load, name real traits, and agree
-with each other: hub config, z2jh values, the hub's extra RBAC and Traefik's entry point."""
+with each other: hub config, z2jh values, the hub's extra RBAC and Traefik's entry point -- loaded both
+by traitlets (``jupyterhub -f``) and as the z2jh chart's hub loads them, values checked against the
+charts' own schemas (``shared/reference``)."""
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import entry_points
-from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from traitlets.config import PyFileConfigLoader
@@ -13,9 +16,11 @@ from traitlets.config import PyFileConfigLoader
 from casa_auth import CasaOAuthenticator
 from casa_hub.facility import Facility
 from casa_spawner.kube import CasaKubeSpawner
+from casa_spawner.kube.chart import chart_values, hub_environment, read_values
 from tests.casa_kube_helpers import validate_kubernetes
+from tests.paths import REFERENCE
+from tests.z2jh_hub import CONFIG, load_config_d, site_values, z2jh_schema
 
-CONFIG = Path(__file__).resolve().parents[1] / "config"
 DEPLOYMENTS = ["cms", "opendata"]
 ENV_VARS = ["CASA_PUBLIC_URL", "CASA_DASK_DOMAIN", "CASA_TRUST_DOMAIN", "CASA_COLLECTOR_HOST", "CASA_SCHEDD_HOST",
             "CASA_XCACHE_HOST", "CASA_KEYS_DIR", "CASA_SESSION_IMAGE"]
@@ -98,7 +103,7 @@ def test_z2jh_values_match_the_hub_config(deployment):
     assert hub["config"]["JupyterHub"]["authenticator_class"] == cfg.JupyterHub.authenticator_class
     assert hub["extraFiles"]["casa-config"]["mountPath"].startswith("/usr/local/etc/jupyterhub/jupyterhub_config.d/")
     # secrets only by reference, never in the values
-    for name in ["OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "JUPYTERHUB_CRYPT_KEY"]:
+    for name in ["OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET"]:
         assert set(hub["extraEnv"][name]) == {"valueFrom"}
     # the key files the Facility reads are where the init container puts them
     keys_dir = hub["extraEnv"]["CASA_KEYS_DIR"]
@@ -166,3 +171,112 @@ def test_traefik_has_the_dask_entry_point_the_routes_use(deployment):
     (namespace,) = values["providers"]["kubernetesCRD"]["namespaces"]
     role, _ = load_yaml(deployment, "rbac.yaml")
     assert namespace == role["metadata"]["namespace"]
+
+
+# -- as the charts take them ---------------------------------------------------------------
+
+CRYPT_KEYS = "a" * 64 + ";" + "b" * 64  # what the chart's Secret holds: hex keys joined by ';'
+
+
+@pytest.fixture
+def chart_hub(tmp_path, monkeypatch):
+    """Load a deployment's config the way the z2jh chart's hub does, with hub.extraEnv in the environment."""
+
+    Facility.clear_instance()  # the spawners' shared Facility is built from the config of the first spawner
+
+    def load(deployment: str):
+        values = site_values(deployment)
+        for name, value in hub_environment(values).items():
+            monkeypatch.setenv(name, value)
+        return load_config_d(values, tmp_path, {"hub.config.CryptKeeper.keys": CRYPT_KEYS})
+
+    yield load
+    Facility.clear_instance()
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+async def test_the_chart_s_hub_loads_the_config(chart_hub, deployment):
+    cfg, namespace = chart_hub(deployment)
+    assert namespace["get_config"]("hub.image.name") == "ghcr.io/coffeateam/jupyterhub-casa-hub"  # still z2jh's get_config
+    assert entry_point("jupyterhub.spawners", cfg.JupyterHub.spawner_class) is CasaKubeSpawner
+    assert entry_point("jupyterhub.authenticators", cfg.JupyterHub.authenticator_class) is CasaOAuthenticator
+    auth = CasaOAuthenticator(config=cfg)
+    assert auth.enable_auth_state and auth.allowed_groups
+    spawner = CasaKubeSpawner(config=cfg, _mock=True)
+    (values,) = load_yaml(deployment, "values.yaml")
+    image = f"{values['singleuser']['image']['name']}:{values['singleuser']['image']['tag']}"
+    assert spawner.image == image  # the chart's KubeSpawner settings still apply to CasaKubeSpawner
+    assert spawner.scheduler_name == "user-scheduler" and spawner.uid == 1000
+    assert spawner.facility.domain == values["hub"]["extraEnv"]["CASA_DASK_DOMAIN"]  # hub.extraEnv reached the config
+    assert spawner.credsync_image == values["hub"]["extraEnv"]["CASA_SESSION_IMAGE"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_both_loaders_give_the_same_settings(chart_hub, deployment):
+    chart_cfg, _ = chart_hub(deployment)  # sets hub.extraEnv in the environment, which both loaders read
+    plain = load_config(deployment)
+    for section in plain:
+        assert chart_cfg[section] == {**chart_cfg[section], **plain[section]}, section
+
+
+def test_a_file_that_calls_get_config_fails_under_the_chart(tmp_path):
+    """The check above could fail: z2jh's get_config needs a key (the crash this file used to cause)."""
+    values = site_values("cms")
+    values["hub"]["extraFiles"]["casa-config"]["stringData"] = "c = get_config()\nc.Facility.domain = 'x'\n"
+    with pytest.raises(TypeError, match="key"):
+        load_config_d(values, tmp_path, {"hub.config.CryptKeeper.keys": CRYPT_KEYS})
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_auth_state_is_encrypted_with_the_chart_s_key(chart_hub, deployment, monkeypatch):
+    from jupyterhub.crypto import CryptKeeper
+
+    (values,) = load_yaml(deployment, "values.yaml")
+    assert "JUPYTERHUB_CRYPT_KEY" not in values["hub"]["extraEnv"]  # the chart would ignore it: c.CryptKeeper.keys wins
+    cfg, _ = chart_hub(deployment)
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "c" * 64)
+    keeper = CryptKeeper(config=cfg)
+    assert keeper.keys == [bytes.fromhex(k) for k in CRYPT_KEYS.split(";")]
+    token = keeper._encrypt({"access_token": "x"})
+    # a key rotated behind a new one still opens what it encrypted
+    assert CryptKeeper(keys=[bytes.fromhex("d" * 64), bytes.fromhex("a" * 64)])._decrypt(token) == {"access_token": "x"}
+
+
+def schema_errors(schema: dict, values: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(values)]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_z2jh_values_pass_the_chart_s_schema(deployment):
+    assert schema_errors(z2jh_schema(), site_values(deployment)) == []
+
+
+def test_the_z2jh_schema_check_can_fail():
+    values = site_values("cms")
+    values["hub"]["extraFiles"]["casa-config"]["mountPth"] = "/typo"
+    values["singleuser"]["cloudMetadata"]["blockWithIptables"] = "no"
+    errors = schema_errors(z2jh_schema(), values)
+    assert any("mountPth" in e for e in errors) and any("blockWithIptables" in e for e in errors)
+
+
+TRAEFIK_CHART = REFERENCE / "traefik-helm-chart"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_traefik_values_pass_the_chart_s_schema(deployment):
+    schema = json.loads((TRAEFIK_CHART / "values.schema.json").read_text())
+    assert yaml.safe_load((TRAEFIK_CHART / "Chart.yaml").read_text())["version"] == "41.3.0"
+    values = chart_values(read_values(TRAEFIK_CHART / "values.yaml"), read_values(CONFIG / deployment / "traefik-values.yaml"))
+    assert schema_errors(schema, values) == []
+    web, websecure = values["ports"]["web"], values["ports"]["websecure"]
+    assert web["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https"}
+    assert websecure["http"]["tls"]["enabled"] is True
+
+
+def test_the_traefik_schema_refuses_the_pre_39_layout():
+    """What the charts refused before: entry-point options beside ``http``."""
+    schema = json.loads((TRAEFIK_CHART / "values.schema.json").read_text())
+    old = read_values(CONFIG / "cms" / "traefik-values.yaml")
+    old["ports"]["websecure"]["tls"] = old["ports"]["websecure"].pop("http")["tls"]
+    errors = schema_errors(schema, chart_values(read_values(TRAEFIK_CHART / "values.yaml"), old))
+    assert any("'tls' was unexpected" in e for e in errors), errors

@@ -98,7 +98,6 @@ async def test_only_each_users_own_leaf_keys_are_sent_and_the_scheduler_key_only
     assert seen_roles == {(s, r) for s in hosts.values() for r in ("scheduler", "client", "worker")}
 
 
-
 def test_the_scan_finds_a_planted_secret():
     """The scanner itself: a key hidden base64-in-base64 at an odd offset inside a Secret is found."""
     from tests.facilities import MasterSecrets

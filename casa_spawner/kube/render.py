@@ -1,6 +1,11 @@
 """``casa render USERNAME --config jupyterhub_config.py``: every object CasaKubeSpawner would
 create for a user, as YAML, for operators to review and diff in GitOps.
 
+With ``--chart-values`` (the zero-to-jupyterhub chart's defaults) and ``--values`` (the operator's
+values files, in ``helm -f`` order) the config is the one the chart's hub runs: the chart's
+KubeSpawner settings from the merged values, its ``hub.config``, ``hub.extraEnv`` in the
+environment, then the config file -- so the pod shown is the pod the chart deploys.
+
 Nothing is sent to a cluster and the facility's master secrets are never read: the
 session is planned with throwaway keys (so the same code path runs, including the
 checks of the configuration), and every credential is printed as ``<redacted>``.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import sys
@@ -20,6 +26,7 @@ import yaml
 
 from casa_hub.errors import ConfigurationError
 
+from . import chart
 from .objects import EXPIRES_ANNOTATION
 
 REDACTED = "<redacted>"
@@ -56,13 +63,50 @@ class _Hub:
     api_url = "http://hub:8081/hub/api"
 
 
-def load_hub_config(path: str):
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """``os.environ`` with the hub container's variables while its config file runs, restored after."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load_hub_config(path: str, values: dict | None = None, release: str = "casa"):
+    """The config file alone, or -- given the chart's merged values -- as the chart's hub loads it."""
     from traitlets.config import PyFileConfigLoader
 
     config_file = Path(path)
     if not config_file.is_file():
         raise ConfigurationError(f"config file {path} does not exist")
-    return PyFileConfigLoader(config_file.name, path=str(config_file.parent.resolve())).load_config()
+    with _environment(chart.hub_environment(values) if values is not None else {}):
+        file_config = PyFileConfigLoader(config_file.name, path=str(config_file.parent.resolve())).load_config()
+    if values is None:
+        return file_config
+    config = chart.chart_hub_config(values, release=release)
+    config.merge(file_config)
+    return config
+
+
+def merged_chart_values(args) -> dict | None:
+    """``--chart-values`` then each ``--values`` in order, merged as Helm merges them; None without either."""
+    if not args.values and not args.chart_values:
+        return None
+    if not args.chart_values:
+        raise ConfigurationError(
+            "--values needs --chart-values, the chart's own defaults (helm show values jupyterhub/jupyterhub "
+            "--version <the version you deploy> > z2jh-values.yaml): Helm merges your values over them"
+        )
+    values = chart.chart_values(chart.read_values(args.chart_values), *(chart.read_values(v) for v in args.values or []))
+    if (values.get("hub") or {}).get("extraConfig"):
+        print("casa render: hub.extraConfig is Python the chart's hub runs; render does not run it", file=sys.stderr)
+    return values
 
 
 def _spawner_class(config):
@@ -128,7 +172,7 @@ async def render_objects(config, username: str, namespace: str | None, workdir: 
 
 
 def _render(args) -> int:
-    config = load_hub_config(args.config)
+    config = load_hub_config(args.config, merged_chart_values(args), release=args.release)
     with tempfile.TemporaryDirectory(prefix="casa-render-") as tmp:
         workdir = Path(tmp)
         if "KUBECONFIG" not in os.environ and "kubernetes_asyncio" not in sys.modules:
@@ -156,4 +200,9 @@ def register(subparsers) -> None:
     parser.add_argument("username", type=_nonempty)
     parser.add_argument("--config", required=True, metavar="FILE", help="the hub's jupyterhub_config.py")
     parser.add_argument("--namespace", help="namespace to render for (default: the spawner's)")
+    parser.add_argument("--values", action="append", metavar="FILE",
+                        help="a zero-to-jupyterhub values file, as given to helm -f (repeatable, in helm's order)")
+    parser.add_argument("--chart-values", metavar="FILE",
+                        help="the chart's defaults, from `helm show values jupyterhub/jupyterhub --version V`")
+    parser.add_argument("--release", default="casa", help="the Helm release name (labels, chart resource names)")
     parser.set_defaults(func=_render)

@@ -66,5 +66,3 @@ def remove_route_file(routes_dir: str | os.PathLike, route: TCPRoute | str) -> b
         return True
     except FileNotFoundError:
         return False
-
-

@@ -2,7 +2,7 @@
 # CasaKubeSpawner, Traefik routing tls://<slug>.dask.coffea.casa:8786 to each user's scheduler.
 #
 # z2jh loads this file from /usr/local/etc/jupyterhub/jupyterhub_config.d/ (see values.yaml:
-#     helm upgrade --install casa jupyterhub/jupyterhub -f config/cms/values.yaml \
+#     helm upgrade --install casa jupyterhub/jupyterhub --version 4.4.0 -f config/cms/values.yaml \
 #       --set-file hub.extraFiles.casa-config.stringData=config/cms/jupyterhub_config.py
 # ), after the chart's own settings, so c.KubeSpawner.* from the chart (image, uid, storage)
 # still apply to CasaKubeSpawner.  Site-specific values come from the environment
@@ -15,13 +15,17 @@
 # CASA_XCACHE_HOST         root://... of the XCache
 # CASA_KEYS_DIR            where the hub's init container put the master keys (0600, hub uid)
 # CASA_SESSION_IMAGE       image with jupyterhub-casa for the credential-sync sidecar (the hub image)
-# OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, JUPYTERHUB_CRYPT_KEY: from the jhub-cms-auth Secret
+# OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET: from the jhub-cms-auth Secret; auth_state's key: the chart's
+# c.CryptKeeper.keys (its own Secret, see values.yaml)
 
 import os
 
 import casa_auth
 
-c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
+# `c` is given by both loaders of this file: traitlets' (`jupyterhub -f`) and the chart's hub, which
+# exec()s jupyterhub_config.d/*.py in its own namespace -- where get_config is z2jh's get_config(key)
+# and must not be called here.
+c = c  # noqa: F821
 env = os.environ.get
 
 public_url = env("CASA_PUBLIC_URL", "https://cmsaf-jh.unl.edu").rstrip("/")
@@ -34,7 +38,7 @@ c.CasaOAuthenticator.facility_name = "Coffea-Casa Analysis Facility @ T2_US_Nebr
 c.CasaOAuthenticator.login_service = "CMS SSO"
 c.CasaOAuthenticator.announcements = ["Authorized CMS Users Only! Watch here for announcements."]
 c.CasaOAuthenticator.links = [{"text": "Coffea-Casa Docs", "url": "https://coffea-casa.readthedocs.io"}]
-c.Authenticator.enable_auth_state = True  # the spawner reads the access token; needs JUPYTERHUB_CRYPT_KEY
+c.Authenticator.enable_auth_state = True  # the spawner reads the access token; the chart sets c.CryptKeeper.keys
 c.CasaOAuthenticator.idp = "cms-iam"
 c.CasaOAuthenticator.issuer = "https://cms-auth.web.cern.ch/"
 c.CasaOAuthenticator.oauth_callback_url = f"{public_url}/hub/oauth_callback"

@@ -3,20 +3,24 @@
 # tls://<slug>.dask.coffea-opendataaf.casa:8786 to each user's scheduler.
 #
 # Loaded by z2jh from /usr/local/etc/jupyterhub/jupyterhub_config.d/ (values.yaml:
-#     helm upgrade --install casa jupyterhub/jupyterhub -f config/opendata/values.yaml \
+#     helm upgrade --install casa jupyterhub/jupyterhub --version 4.4.0 -f config/opendata/values.yaml \
 #       --set-file hub.extraFiles.casa-config.stringData=config/opendata/jupyterhub_config.py
 # ).  Open data needs no XCache token: the notebook's bearer token is the CILogon access
 # token; Dask workers still run as HTCondor jobs with a per-user IDTOKEN.
 #
 # CASA_PUBLIC_URL, CASA_DASK_DOMAIN, CASA_TRUST_DOMAIN, CASA_COLLECTOR_HOST, CASA_SCHEDD_HOST,
 # CASA_KEYS_DIR, CASA_SESSION_IMAGE: as in config/cms/jupyterhub_config.py
-# OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, JUPYTERHUB_CRYPT_KEY: from the jhub-cilogon Secret
+# OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET: from the jhub-cilogon Secret; auth_state's key: the chart's
+# c.CryptKeeper.keys (its own Secret, see values.yaml)
 
 import os
 
 import casa_auth
 
-c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
+# `c` is given by both loaders of this file: traitlets' (`jupyterhub -f`) and the chart's hub, which
+# exec()s jupyterhub_config.d/*.py in its own namespace -- where get_config is z2jh's get_config(key)
+# and must not be called here.
+c = c  # noqa: F821
 env = os.environ.get
 
 public_url = env("CASA_PUBLIC_URL", "https://coffea-opendataaf.casa").rstrip("/")

@@ -9,7 +9,6 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 
-
 @pytest.fixture
 async def api(fake_kube):
     async with client.ApiClient(client.Configuration(host=fake_kube.url)) as api_client:
