@@ -57,7 +57,7 @@ def test_xcache_token(tmp_path):
     secret = os.urandom(32)
     path = write_secret_file(tmp_path / "macaroon", base64.b64encode(secret) + b"\n")
     result = run_casa("mint", "xcache-token", "--secret-key", path, "--location", "T2_US_Test", "--name", "alice",
-                  "--activity", "DOWNLOAD,LIST", "--path", "/store/user/alice", "--lifetime", 3600, "--identifier", "id-1")
+                      "--activity", "DOWNLOAD,LIST", "--path", "/store/user/alice", "--lifetime", 3600, "--identifier", "id-1")
     assert result.returncode == 0, result.stderr
     mac = Macaroon.deserialize(result.stdout.strip())
     assert mac.identifier == "id-1" and mac.location == "T2_US_Test"
@@ -71,7 +71,7 @@ def test_xcache_token_with_explicit_expiry(tmp_path):
     path = write_secret_file(tmp_path / "macaroon", base64.b64encode(os.urandom(32)) + b"\n")
     expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     result = run_casa("mint", "xcache-token", "--secret-key", path, "--location", "S", "--name", "a",
-                  "--activity", "DOWNLOAD", "--path", "/store", "--expires", expires)
+                      "--activity", "DOWNLOAD", "--path", "/store", "--expires", expires)
     assert result.returncode == 0, result.stderr
     assert f"before:{expires}" in [c.caveat_id for c in Macaroon.deserialize(result.stdout.strip()).first_party_caveats()]
 
@@ -132,7 +132,7 @@ def test_secrets_never_printed(tmp_path):
     key = write_secret_file(tmp_path / "POOL", KEY)
     outputs = [
         run_casa("--log-level", "DEBUG", "mint", "xcache-token", "--secret-key", mac, "--location", "S", "--name", "a",
-             "--activity", "LIST", "--path", "/store", "--lifetime", "60"),
+                 "--activity", "LIST", "--path", "/store", "--lifetime", "60"),
         run_casa("--log-level", "DEBUG", "mint", "condor-token", "--signing-key", key, "--trust-domain", "t", "--identity", "i"),
     ]
     text = "".join(r.stdout + r.stderr for r in outputs).encode()

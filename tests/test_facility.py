@@ -62,7 +62,8 @@ def test_full_bundle_for_one_user(facility, master_secrets):
 
 
 def test_each_user_has_their_own_identity(facility, master_secrets):
-    subs = {decode_condor(facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip(), facility, master_secrets)["sub"] for u in ("alice", "bob")}
+    tokens = {u: facility.issue_bundle(u, now=NOW).get(b.CONDOR_TOKEN_PATH).content.decode().strip() for u in ("alice", "bob")}
+    subs = {decode_condor(token, facility, master_secrets)["sub"] for token in tokens.values()}
     assert subs == {"alice@cms-af.example.org", "bob@cms-af.example.org"}
 
 
