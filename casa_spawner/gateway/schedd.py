@@ -1,0 +1,133 @@
+"""The schedd as one user sees it: submit, remove, query and history through HTCondor's tools.
+
+Every call is one tool process whose environment carries exactly one user's IDTOKEN and the
+pool's addresses (nothing of the gateway's own environment but ``PATH`` and ``CONDOR_CONFIG``),
+so identities never mix inside one process, and each call is bounded: a tool that does not
+answer within ``timeout`` is killed and reported as an unreachable schedd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .condor_output import (
+    JOB_ATTRIBUTES,
+    CondorError,
+    JobState,
+    ScheddUnreachable,
+    classify_failure,
+    nothing_to_remove,
+    parse_job_ads,
+    parse_submit_output,
+)
+
+#: jobs ``condor_history`` may scan backwards for one answer (it reads the schedd's history file)
+HISTORY_SCAN_LIMIT = 20000
+
+
+@dataclass(frozen=True)
+class CondorTools:
+    """Where the tools are, what every call gets in its environment, and how long a call may take."""
+
+    submit: str
+    remove: str
+    query: str
+    history: str
+    environment: Mapping[str, str] = field(default_factory=dict)  #: ``CONDOR_CONFIG``, ``_CONDOR_COLLECTOR_HOST``, ...
+    schedd_name: str = ""  #: passed as ``-name`` where a tool would otherwise read a local file
+    timeout: float = 30.0
+
+    async def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None
+                  ) -> tuple[int, str, str]:
+        """Run one tool: ``(returncode, stdout, stderr)``; killed (returncode -9) after ``timeout``."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as e:
+            raise CondorError(f"cannot run {argv[0]}: {e.strerror} (is HTCondor installed on the gateway host?)") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return -9, "", f"{Path(argv[0]).name} did not answer within {self.timeout:g}s"
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class UserSchedd:
+    """The schedd, reached as one HTCondor identity (the token in ``token_dir``)."""
+
+    tools: CondorTools
+    identity: str  #: e.g. ``alice@cms-af.unl.edu``, for messages
+    token_dir: Path
+
+    def environment(self) -> dict[str, str]:
+        """The tool's whole environment: this identity's token and IDTOKENS only (never the
+        gateway's FS/host identity, never another token directory)."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **self.tools.environment,
+            "_CONDOR_SEC_TOKEN_DIRECTORY": str(self.token_dir),
+            "_CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY": str(self.token_dir),
+            "_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS": "IDTOKENS",
+            "_CONDOR_SEC_CLIENT_AUTHENTICATION": "REQUIRED",
+        }
+
+    async def _run(self, action: str, argv: list[str], cwd=None) -> tuple[int, str]:
+        code, out, err = await self.tools.run(argv, self.environment(), cwd=cwd)
+        if code == -9:
+            raise ScheddUnreachable(f"could not {action} as {self.identity}: {err}")
+        return code, out + err
+
+    async def submit(self, directory: str | os.PathLike, description_file: str) -> str:
+        """``condor_submit -spool``: the files in ``directory`` travel to the schedd now; the new job id."""
+        action = f"submit a job as {self.identity}"
+        argv = [self.tools.submit, "-spool", "-terse", description_file]
+        code, output = await self._run(action, argv, cwd=directory)
+        if code != 0:
+            raise classify_failure(action, code, output)
+        return parse_submit_output(output)
+
+    async def remove(self, constraint: str) -> bool:
+        """``condor_rm -constraint``: False if no job of this identity matched (already gone)."""
+        action = f"remove jobs as {self.identity}"
+        code, output = await self._run(action, [self.tools.remove, "-constraint", constraint])
+        if code == 0:
+            return True
+        if nothing_to_remove(output):
+            return False
+        raise classify_failure(action, code, output)
+
+    async def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
+        """The listed jobs that are still in the queue (a job that left it is missing from the answer)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        action = f"read the queue as {self.identity}"
+        argv = [self.tools.query, *ids, "-json", "-attributes", ",".join(JOB_ATTRIBUTES)]
+        code, out, err = await self.tools.run(argv, self.environment())
+        if code != 0:
+            raise classify_failure(action, code, out + err)
+        return parse_job_ads(out)
+
+    async def history(self, job_id: str) -> JobState | None:
+        """How a job that left the queue ended, or None if the schedd's history does not know it."""
+        action = f"read the job history as {self.identity}"
+        name = ["-name", self.tools.schedd_name] if self.tools.schedd_name else []
+        argv = [self.tools.history, *name, job_id, "-limit", "1", "-scanlimit", str(HISTORY_SCAN_LIMIT),
+                "-json", "-attributes", ",".join(JOB_ATTRIBUTES)]
+        code, out, err = await self.tools.run(argv, self.environment())
+        if code != 0:
+            raise classify_failure(action, code, out + err)
+        return parse_job_ads(out).get(job_id)
