@@ -19,8 +19,9 @@ STATUS_NAMES = {IDLE: "idle", RUNNING: "running", REMOVED: "removed", COMPLETED:
                 HELD: "held", TRANSFERRING_OUTPUT: "transferring output", SUSPENDED: "suspended"}
 #: a job in these states may still become (or is) a live scheduler or worker
 ALIVE = frozenset({IDLE, RUNNING, SUSPENDED})
-#: ``HoldReasonCode`` of the hold that ``condor_submit -spool`` puts on every job until its files arrive
-SPOOLING_INPUT = 16
+#: ``HoldReasonCode``s: a hold by ``condor_hold`` (the owner or an administrator), and the hold that
+#: ``condor_submit -spool`` puts on every job until its input files arrive
+USER_REQUEST, SPOOLING_INPUT = 1, 16
 
 #: the attributes the parsers read (``condor_q``/``condor_history -attributes``)
 JOB_ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "HoldReason", "HoldReasonCode", "LastHoldReason",
@@ -52,6 +53,7 @@ class JobState:
     job_id: str  #: ``"<ClusterId>.<ProcId>"``
     status: int
     hold_reason: str = ""
+    hold_reason_code: int | None = None
     last_hold_reason: str = ""
     exit_code: int | None = None
     exit_signal: int | None = None
@@ -65,7 +67,9 @@ class JobState:
         """Why the job is not (or no longer) running, in one line."""
         name = STATUS_NAMES.get(self.status, f"in status {self.status}")
         if self.status == HELD:
-            return f"was held by HTCondor: {self.hold_reason or 'no reason given'}"
+            if not self.hold_reason and self.hold_reason_code == USER_REQUEST:
+                return "was held by its owner or a pool administrator (condor_hold, no reason given)"
+            return f"was held by HTCondor: {self.hold_reason or f'no reason given (code {self.hold_reason_code})'}"
         if self.status == COMPLETED:
             if self.exit_signal is not None:
                 return f"was killed by signal {self.exit_signal}"
@@ -101,6 +105,7 @@ def _job_state(ad: dict) -> JobState:
         job_id=job_id,
         status=status,
         hold_reason=ad.get("HoldReason") or "",
+        hold_reason_code=ad.get("HoldReasonCode"),
         last_hold_reason=last_hold,
         exit_code=ad.get("ExitCode"),
         exit_signal=signal if status == COMPLETED else None,

@@ -74,14 +74,14 @@ class UserSchedd:
 
     def environment(self) -> dict[str, str]:
         """The tool's whole environment: this identity's token and IDTOKENS only (never the
-        gateway's FS/host identity, never another token directory)."""
+        gateway's FS/host identity, never another token directory).  Authentication stays what the
+        daemons ask for, so a refused token still finds the schedd (READ) and hears its refusal."""
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             **self.tools.environment,
             "_CONDOR_SEC_TOKEN_DIRECTORY": str(self.token_dir),
             "_CONDOR_SEC_TOKEN_SYSTEM_DIRECTORY": str(self.token_dir),
             "_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS": "IDTOKENS",
-            "_CONDOR_SEC_CLIENT_AUTHENTICATION": "REQUIRED",
         }
 
     async def _run(self, action: str, argv: list[str], cwd=None) -> tuple[int, str]:
