@@ -196,3 +196,30 @@ class GatewayProcess:
         else:
             auth = BasicAuth(user, SIMPLE_PASSWORD)
         return Gateway(self.address, proxy_address=self.proxy_address, auth=auth, **kwargs)
+
+
+# -- the pool, as the tests look at it ------------------------------------------------------------
+
+
+def wait_until(what: str, predicate, timeout: float = 90.0, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(interval)
+
+
+def remove_cluster_jobs(pool, name: str) -> None:
+    pool.tool("condor_rm", "-constraint", f'DaskGatewayCluster == "{name}"')
+
+
+def hold_jobs(pool, constraint: str, reason: str) -> None:
+    """What a pool administrator's ``condor_hold`` does (this build has no condor_hold: htcondor2's act)."""
+    script = ("import sys, htcondor2; r = htcondor2.Schedd().act(htcondor2.JobAction.Hold, sys.argv[1], sys.argv[2]);"
+              "sys.exit(0 if r['TotalSuccess'] else 1)")
+    done = subprocess.run([sys.executable, "-c", script, constraint, reason], capture_output=True, text=True,
+                          env={**os.environ, **pool.pool.admin_environment()}, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr

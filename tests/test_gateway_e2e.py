@@ -10,9 +10,6 @@ import base64
 import concurrent.futures
 import os
 import secrets
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,15 @@ from dask_gateway import GatewayClusterError
 from dask_gateway.client import ClusterStatus
 
 from fake_kube.scan import encoded_forms
-from gateway_process import GatewayProcess, pool_backend_lines, pool_gateway_env, start_gateway_hub
+from gateway_process import (
+    GatewayProcess,
+    hold_jobs,
+    pool_backend_lines,
+    pool_gateway_env,
+    remove_cluster_jobs,
+    start_gateway_hub,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,30 +44,6 @@ def hub(tmp_path_factory):
 
 def cluster_jobs(pool, name: str) -> list[list[str]]:
     return pool.queue(f'DaskGatewayCluster == "{name}"', *JOB_ATTRS)
-
-
-def wait_until(what: str, predicate, timeout: float = 90.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(interval)
-
-
-def remove_cluster_jobs(pool, name: str) -> None:
-    pool.tool("condor_rm", "-constraint", f'DaskGatewayCluster == "{name}"')
-
-
-def hold_jobs(pool, constraint: str, reason: str) -> None:
-    """What a pool administrator's ``condor_hold`` does (this build has no condor_hold: htcondor2's act)."""
-    script = ("import sys, htcondor2; r = htcondor2.Schedd().act(htcondor2.JobAction.Hold, sys.argv[1], sys.argv[2]);"
-              "sys.exit(0 if r['TotalSuccess'] else 1)")
-    done = subprocess.run([sys.executable, "-c", script, constraint, reason], capture_output=True, text=True,
-                          env={**os.environ, **pool.pool.admin_environment()}, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def gateway(pool, hub, workdir: Path, *extra: str, **facility) -> GatewayProcess:

@@ -60,12 +60,19 @@ class JobState:
     remove_reason: str = ""
 
     @property
+    def spooling(self) -> bool:
+        """Held by ``condor_submit -spool`` until its input files have arrived: about to run, not failed."""
+        return self.status == HELD and self.hold_reason_code == SPOOLING_INPUT
+
+    @property
     def alive(self) -> bool:
-        return self.status in ALIVE
+        return self.status in ALIVE or self.spooling
 
     def describe(self) -> str:
         """Why the job is not (or no longer) running, in one line."""
         name = STATUS_NAMES.get(self.status, f"in status {self.status}")
+        if self.spooling:
+            return "is waiting for its input files to be spooled"
         if self.status == HELD:
             if not self.hold_reason and self.hold_reason_code == USER_REQUEST:
                 return "was held by its owner or a pool administrator (condor_hold, no reason given)"
