@@ -34,6 +34,7 @@ c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"  # tokens nee
 c.DaskGateway.address = "127.0.0.1:8001"  # the private API (the proxy in front of it is public)
 c.Proxy.address = ":8000"  # HTTP: the API and the dashboards (/clusters/<name>/status)
 c.Proxy.tcp_address = ":8786"  # TLS: clients reach their scheduler here, routed by SNI (= cluster name)
+c.Proxy.prefix = "/services/dask-gateway"  # the hub proxies its /services/dask-gateway/ here
 
 # -- the pool and the users' identities: casa_hub's Facility, as in the hub ---------------------
 c.DaskGateway.backend_class = "casa_spawner.gateway.HTCondorBackend"
@@ -45,7 +46,7 @@ c.Facility.signing_key_file = f"{keys_dir}/POOL"
 c.Facility.condor_token_lifetime = 3 * 86400  # renewed by the gateway after 2/3 of it
 
 # -- the backend -----------------------------------------------------------------------------
-c.HTCondorBackend.api_url = f"{gateway_url}/api"  # the schedulers' heartbeats, from the worker nodes
+c.HTCondorBackend.api_url = f"{gateway_url}/services/dask-gateway/api"  # the schedulers' heartbeats, from the worker nodes
 c.HTCondorBackend.db_url = "sqlite:////var/lib/dask-gateway/gateway.sqlite"  # a restart finds its clusters
 c.HTCondorBackend.stop_clusters_on_shutdown = False
 c.HTCondorBackend.condor_timeout = 60
