@@ -217,6 +217,8 @@ def test_an_unreachable_schedd_is_a_message(condor_pool, hub, tmp_path, case):
         gw.stop()
     assert "scheduler job could not be submitted" in message and "schedd is unreachable" in message
     assert "alice@casa.test" in message
+    if case == "collector down":
+        assert f"via collector {wrong['collector_host']}" in message
 
 
 def test_a_refused_token_is_a_message(condor_pool, hub, tmp_path):

@@ -146,14 +146,16 @@ def _first_lines(text: str, lines: int = 6) -> str:
     return " / ".join(kept) or "(no output)"
 
 
-def classify_failure(action: str, returncode: int, output: str) -> CondorError:
-    """The error for a tool that failed while doing ``action``, with the tool's own words (first lines)."""
+def classify_failure(action: str, returncode: int, output: str, where: str = "") -> CondorError:
+    """The error for a tool that failed while doing ``action``, with the tool's own words (first lines);
+    ``where`` names the schedd and collector asked, for an unreachable one."""
     lowered = output.lower()
     words = _first_lines(output)
     if any(s in lowered for s in _REFUSED):
         return IdentityRefused(f"HTCondor refused to {action}: {words}")
     if any(s in lowered for s in _UNREACHABLE):
-        return ScheddUnreachable(f"could not {action}: the HTCondor schedd is unreachable ({words})")
+        at = f"{where}: " if where else ""
+        return ScheddUnreachable(f"could not {action}: the HTCondor schedd is unreachable ({at}{words})")
     return CondorError(f"could not {action} (exit status {returncode}): {words}")
 
 

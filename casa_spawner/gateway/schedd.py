@@ -18,7 +18,6 @@ from .condor_output import (
     JOB_ATTRIBUTES,
     CondorError,
     JobState,
-    ScheddUnreachable,
     classify_failure,
     nothing_to_remove,
     parse_job_ads,
@@ -84,30 +83,39 @@ class UserSchedd:
             "_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS": "IDTOKENS",
         }
 
-    async def _run(self, action: str, argv: list[str], cwd=None) -> tuple[int, str]:
-        code, out, err = await self.tools.run(argv, self.environment(), cwd=cwd)
-        if code == -9:
-            raise ScheddUnreachable(f"could not {action} as {self.identity}: {err}")
-        return code, out + err
+    @property
+    def where(self) -> str:
+        """The schedd and collector the tools ask, for messages."""
+        env = self.tools.environment
+        schedd = env.get("_CONDOR_SCHEDD_HOST") or "the configured schedd"
+        collector = env.get("_CONDOR_COLLECTOR_HOST")
+        return f"schedd {schedd}" + (f" via collector {collector}" if collector else "")
+
+    async def _run(self, argv: list[str], cwd=None) -> tuple[int, str, str]:
+        return await self.tools.run(argv, self.environment(), cwd=cwd)
+
+    def _failure(self, action: str, code: int, output: str) -> CondorError:
+        """The error for a failed call (a call killed at the time bound reads as an unreachable schedd)."""
+        return classify_failure(action, code, output, self.where)
 
     async def submit(self, directory: str | os.PathLike, description_file: str) -> str:
         """``condor_submit -spool``: the files in ``directory`` travel to the schedd now; the new job id."""
         action = f"submit a job as {self.identity}"
         argv = [self.tools.submit, "-spool", "-terse", description_file]
-        code, output = await self._run(action, argv, cwd=directory)
+        code, out, err = await self._run(argv, cwd=directory)
         if code != 0:
-            raise classify_failure(action, code, output)
-        return parse_submit_output(output)
+            raise self._failure(action, code, out + err)
+        return parse_submit_output(out)
 
     async def remove(self, constraint: str) -> bool:
         """``condor_rm -constraint``: False if no job of this identity matched (already gone)."""
         action = f"remove jobs as {self.identity}"
-        code, output = await self._run(action, [self.tools.remove, "-constraint", constraint])
+        code, out, err = await self._run([self.tools.remove, "-constraint", constraint])
         if code == 0:
             return True
-        if nothing_to_remove(output):
+        if nothing_to_remove(out + err):
             return False
-        raise classify_failure(action, code, output)
+        raise self._failure(action, code, out + err)
 
     async def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
         """The listed jobs that are still in the queue (a job that left it is missing from the answer)."""
@@ -116,9 +124,9 @@ class UserSchedd:
             return {}
         action = f"read the queue as {self.identity}"
         argv = [self.tools.query, *ids, "-json", "-attributes", ",".join(JOB_ATTRIBUTES)]
-        code, out, err = await self.tools.run(argv, self.environment())
+        code, out, err = await self._run(argv)
         if code != 0:
-            raise classify_failure(action, code, out + err)
+            raise self._failure(action, code, out + err)
         return parse_job_ads(out)
 
     async def history(self, job_id: str) -> JobState | None:
@@ -127,7 +135,7 @@ class UserSchedd:
         name = ["-name", self.tools.schedd_name] if self.tools.schedd_name else []
         argv = [self.tools.history, *name, job_id, "-limit", "1", "-scanlimit", str(HISTORY_SCAN_LIMIT),
                 "-json", "-attributes", ",".join(JOB_ATTRIBUTES)]
-        code, out, err = await self.tools.run(argv, self.environment())
+        code, out, err = await self._run(argv)
         if code != 0:
-            raise classify_failure(action, code, out + err)
+            raise self._failure(action, code, out + err)
         return parse_job_ads(out).get(job_id)
