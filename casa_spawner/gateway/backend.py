@@ -27,13 +27,12 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 
 from . import jobs
-from .condor_output import IDLE, RUNNING, CondorError, CondorOutputError, JobState, parse_submit_output
+from .condor_output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
 from .identity import UserTokens
 from .options import RESERVED_ENV_PREFIXES, check_user_environment, cluster_options
 from .schedd import CondorTools, UserSchedd
 
 SUBMIT_FILE = "job.sub"
-REASON_LIMIT = 600
 
 
 class HTCondorClusterConfig(JobQueueClusterConfig):
@@ -98,13 +97,6 @@ class FailedClusterReport(models.Cluster):
 
     def to_dict(self, full=True):
         raise web.HTTPConflict(reason=f"Cluster {self.name} failed: {self.reason}")
-
-
-def one_line(text: str) -> str:
-    """A reason fit for an HTTP reason phrase: one line, printable ASCII, bounded."""
-    flat = " ".join(text.split())
-    flat = flat.encode("ascii", "replace").decode()
-    return flat if len(flat) <= REASON_LIMIT else flat[: REASON_LIMIT - 3] + "..."
 
 
 class HTCondorBackend(JobQueueBackend):
@@ -371,7 +363,7 @@ class HTCondorBackend(JobQueueBackend):
                 state = states.get(job_id)
                 alive[obj.name] = state is not None and state.alive
                 if not alive[obj.name]:
-                    reason = await self._describe(schedd, job_id, self._role(obj), state)
+                    reason = await schedd.why_not_running(job_id, self._role(obj), state)
                     self.log.info("%s", reason)
                     self._record_obj_failure(obj, reason)
 
@@ -388,18 +380,6 @@ class HTCondorBackend(JobQueueBackend):
     def _role(obj) -> str:
         return jobs.SCHEDULER if hasattr(obj, "workers") else jobs.WORKER
 
-    async def _describe(self, schedd: UserSchedd, job_id: str, role: str, state: JobState | None) -> str:
-        if state is not None:
-            return one_line(f"the {role} job {job_id} {state.describe()}")
-        try:
-            ended = await schedd.history(job_id)
-        except CondorError as e:
-            ended, why = None, f" (its history could not be read: {e})"
-        else:
-            why = "" if ended else " (the schedd's history does not know how it ended)"
-        how = f": it {ended.describe()}" if ended else ""
-        return one_line(f"the {role} job {job_id} left the HTCondor queue{how}{why}")
-
     async def _why_failed(self, schedd: UserSchedd, cluster) -> str | None:
         """The reason a cluster the gateway gave up on failed, from its scheduler job as the schedd sees it."""
         if cluster.state.get("last_worker_failure") and cluster.worker_start_failure_count >= self.worker_start_failure_limit:
@@ -414,7 +394,7 @@ class HTCondorBackend(JobQueueBackend):
                                 f"{self.cluster_start_timeout:g}s (cluster_start_timeout)")
             if state is not None and state.status == RUNNING:
                 return None  # running, but not (or no longer) reporting to the gateway: the gateway's own log says
-            return await self._describe(schedd, job_id, jobs.SCHEDULER, state)
+            return await schedd.why_not_running(job_id, jobs.SCHEDULER, state)
         except CondorError as e:
             self.log.warning("Could not tell why cluster %s failed: %s", cluster.name, e)
             return None

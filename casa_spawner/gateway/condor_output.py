@@ -23,6 +23,9 @@ ALIVE = frozenset({IDLE, RUNNING, SUSPENDED})
 #: ``condor_submit -spool`` puts on every job until its input files arrive
 USER_REQUEST, SPOOLING_INPUT = 1, 16
 
+#: the longest reason a user is shown (an HTTP reason phrase)
+REASON_LIMIT = 600
+
 #: the attributes the parsers read (``condor_q``/``condor_history -attributes``)
 JOB_ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "HoldReason", "HoldReasonCode", "LastHoldReason",
                   "LastHoldReasonCode", "ExitCode", "ExitBySignal", "ExitSignal", "RemoveReason")
@@ -165,3 +168,9 @@ def nothing_to_remove(output: str) -> bool:
     if any(s in lowered for s in _REFUSED + _UNREACHABLE):
         return False
     return any(s in lowered for s in _NOTHING_TO_REMOVE)
+
+
+def one_line(text: str) -> str:
+    """A reason fit for an HTTP reason phrase: one line, printable ASCII, bounded."""
+    flat = " ".join(text.split()).encode("ascii", "replace").decode()
+    return flat if len(flat) <= REASON_LIMIT else flat[: REASON_LIMIT - 3] + "..."

@@ -20,6 +20,7 @@ from .condor_output import (
     JobState,
     classify_failure,
     nothing_to_remove,
+    one_line,
     parse_job_ads,
     parse_submit_output,
 )
@@ -139,3 +140,16 @@ class UserSchedd:
         if code != 0:
             raise self._failure(action, code, out + err)
         return parse_job_ads(out).get(job_id)
+
+    async def why_not_running(self, job_id: str, role: str, state: JobState | None) -> str:
+        """One line on why a job is not running: its state in the queue, else how it ended (the history)."""
+        if state is not None:
+            return one_line(f"the {role} job {job_id} {state.describe()}")
+        try:
+            ended = await self.history(job_id)
+        except CondorError as e:
+            ended, why = None, f" (its history could not be read: {e})"
+        else:
+            why = "" if ended else " (the schedd's history does not know how it ended)"
+        how = f": it {ended.describe()}" if ended else ""
+        return one_line(f"the {role} job {job_id} left the HTCondor queue{how}{why}")
