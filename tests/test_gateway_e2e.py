@@ -281,3 +281,27 @@ def test_a_gateway_without_the_pool_signing_key_does_not_start(condor_pool, hub,
     gw = gateway(condor_pool, hub, tmp_path, signing_key_file="")
     with pytest.raises(RuntimeError, match="c.Facility.signing_key_file"):
         gw.start()
+
+
+def test_a_held_worker_job_is_removed_and_replaced(condor_pool, hub, tmp_path):
+    gw = gateway(condor_pool, hub, tmp_path).start()
+    alice, cluster = gw.client("alice"), None
+    try:
+        cluster = alice.new_cluster()
+        client = cluster.get_client()
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=120)
+        ((first,),) = condor_pool.queue(f'DaskGatewayCluster == "{cluster.name}" && DaskGatewayRole == "worker"', "ClusterId")
+        hold_jobs(condor_pool, f"ClusterId == {first}", "the pool's admin needs the slot")
+        wait_until("the held worker job to be removed", lambda: condor_pool.queue(f"ClusterId == {first}") == [])
+        replaced = wait_until("a new worker job", lambda: condor_pool.queue(
+            f'DaskGatewayCluster == "{cluster.name}" && DaskGatewayRole == "worker" && JobStatus == 2', "ClusterId"))
+        assert replaced[0][0] != first
+        client.wait_for_workers(1, timeout=120)
+        assert client.submit(sum, [1, 1]).result(timeout=60) == 2
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+            remove_cluster_jobs(condor_pool, cluster.name)
+        alice.close()
+        gw.stop()

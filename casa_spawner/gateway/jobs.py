@@ -5,7 +5,8 @@ certificate and key, the scheduler's API token, and a job script holding the com
 its environment -- is a file spooled to the schedd at submission (``condor_submit -spool``)
 and sent to the execute node encrypted (``encrypt_input_files``).  The job ad, which every
 user of the pool can read with ``condor_q -l``, holds only resources and names: no
-environment, no command line, no credential.
+environment, no command line, no credential.  (dask-jobqueue's ``HTCondorJob`` puts both the
+command and the environment into the description, hence into the ad: not used here.)
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-from dask_jobqueue.htcondor import quote_arguments
 
 from casa_hub.errors import ConfigurationError
 
@@ -140,7 +139,7 @@ class GatewayJob:
             f"universe = {'container' if self.image else 'vanilla'}",
             "executable = /bin/sh",
             "transfer_executable = false",
-            f'arguments = "{quote_arguments([JOB_SCRIPT])}"',
+            f"arguments = {JOB_SCRIPT}",  # a plain file name: nothing to quote
             "getenv = false",
             "should_transfer_files = YES",
             "when_to_transfer_output = ON_EXIT",
