@@ -21,6 +21,7 @@ from dask_gateway_server import models
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.backends.jobqueue.base import JobQueueBackend, JobQueueClusterConfig
 from dask_gateway_server.traitlets import MemoryLimit
+from dask_gateway_server.utils import timestamp
 from traitlets import Dict, Float, Instance, Int, List, Unicode, default, validate
 
 from casa_hub.errors import ConfigurationError
@@ -389,11 +390,12 @@ class HTCondorBackend(JobQueueBackend):
             return None
         try:
             state = (await schedd.query([job_id])).get(job_id)
-            if state is not None and state.status == IDLE:
+            waited = (timestamp() - cluster.start_time) / 1000
+            if state is not None and state.status == IDLE and waited >= self.cluster_start_timeout:
                 return one_line(f"the scheduler job {job_id} was still waiting for a slot in the pool after "
                                 f"{self.cluster_start_timeout:g}s (cluster_start_timeout)")
-            if state is not None and state.status == RUNNING:
-                return None  # running, but not (or no longer) reporting to the gateway: the gateway's own log says
+            if state is not None and state.status in (IDLE, RUNNING):
+                return None  # e.g. the gateway stopping, or a scheduler not reporting to it: the gateway's log says
             return await schedd.why_not_running(job_id, jobs.SCHEDULER, state)
         except CondorError as e:
             self.log.warning("Could not tell why cluster %s failed: %s", cluster.name, e)
