@@ -244,11 +244,15 @@ class Facility(SingletonConfigurable):
             "trust_domain": self.trust_domain,
         }
 
+    def condor_identity_of(self, username: str) -> str:
+        """The user's HTCondor identity (the IDTOKEN's ``sub``), e.g. ``alice@cms-af.unl.edu``."""
+        return self.condor_identity.format(**self._fields(username))
+
     def condor_token_file(self, username: str, now: dt.datetime) -> b.CredentialFile:
         issued = make_idtoken(
             self.signing_key().reveal(),
             trust_domain=self.trust_domain,
-            identity=self.condor_identity.format(**self._fields(username)),
+            identity=self.condor_identity_of(username),
             kid=self.signing_key_id,
             authz=self.condor_authz,
             lifetime=self.condor_token_lifetime,
