@@ -30,11 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from condor_pool import PoolThread  # noqa: E402
-from gateway_process import GatewayProcess, pool_backend_lines, pool_gateway_env  # noqa: E402
+from tests.condor_pool import PoolThread
+from tests.gateway_process import GatewayProcess, pool_backend_lines, pool_gateway_env
 
 LOCAL_BACKEND = [
     "c.DaskGateway.backend_class = 'dask_gateway_server.backends.local.UnsafeLocalBackend'",

@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 
 from casa_spawner.ports import free_port
-from condor_pool import TRUST_DOMAIN, PoolThread, worker_python
-from hub_process import HubProcess, start_hub
+from tests.condor_pool import TRUST_DOMAIN, PoolThread, worker_python
+from tests.hub_process import HubProcess, start_hub
 
 SERVICE = "dask-gateway"
 LOG_TAIL_LINES = 60

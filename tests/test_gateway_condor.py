@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from casa_spawner.gateway.condor_output import (
+from casa_condor.output import (
     COMPLETED,
     HELD,
     IDLE,
@@ -26,10 +26,10 @@ from casa_spawner.gateway.condor_output import (
     parse_job_ads,
     parse_submit_output,
 )
-from casa_spawner.gateway.schedd import CondorTools, UserSchedd
+from casa_condor.schedd import CondorTools, UserSchedd
 from casa_spawner.ports import free_port
 
-from gateway_process import hold_jobs, wait_until
+from tests.gateway_process import hold_jobs, wait_until
 
 pytestmark = pytest.mark.e2e
 

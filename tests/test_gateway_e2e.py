@@ -17,8 +17,8 @@ from aiohttp import ClientResponseError
 from dask_gateway import GatewayClusterError
 from dask_gateway.client import ClusterStatus
 
-from fake_kube.scan import encoded_forms
-from gateway_process import (
+from tests.fake_kube.scan import encoded_forms
+from tests.gateway_process import (
     GatewayProcess,
     hold_jobs,
     pool_backend_lines,

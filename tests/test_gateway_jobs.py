@@ -21,7 +21,7 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_spawner.gateway import FailedClusterReport, HTCondorBackend, HTCondorClusterConfig
 from casa_spawner.gateway import jobs
-from casa_spawner.gateway.condor_output import HELD, SPOOLING_INPUT, JobState, one_line
+from casa_condor.output import HELD, SPOOLING_INPUT, JobState, one_line
 from casa_spawner.gateway.identity import UserTokens
 
 NAME = "0123456789abcdef0123456789abcdef"

@@ -20,6 +20,12 @@ def test_session_code_never_imports_the_hub_side():
     assert loaded.isdisjoint({"casa_spawner", "casa_auth", "jupyterhub", "kubespawner", "kubernetes_asyncio", "oauthenticator"})
 
 
+def test_htcondor_plumbing_is_usable_from_a_session():
+    """casa_condor serves the gateway, the spawners' clean-up and a session's workers: it never imports a spawner."""
+    loaded = imported_after("import casa_condor.schedd, casa_condor.output")
+    assert loaded.isdisjoint({"casa_spawner", "casa_auth", "jupyterhub", "kubespawner", "kubernetes_asyncio", "dask_gateway_server"})
+
+
 def test_the_credential_sidecar_needs_only_the_standard_library():
     """The sync sidecar image needs the package, none of its dependencies."""
     loaded = imported_after("import casa_session.credsync") - imported_after("pass")  # minus site's own .pth imports

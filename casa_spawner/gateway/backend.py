@@ -28,10 +28,10 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 
 from . import jobs
-from .condor_output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
+from casa_condor.output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
 from .identity import UserTokens
 from .options import RESERVED_ENV_PREFIXES, check_user_environment, cluster_options
-from .schedd import CondorTools, UserSchedd
+from casa_condor.schedd import CondorTools, UserSchedd
 
 SUBMIT_FILE = "job.sub"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .condor_output import (
+from .output import (
     JOB_ATTRIBUTES,
     CondorError,
     JobState,
