@@ -32,7 +32,7 @@ from casa_hub.plan import plan_session
 from casa_session.cluster import SchedulerConnection
 from casa_spawner.demo.traefik import TraefikProcess
 from casa_spawner.local.routes import write_route_file
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 
 USER = "alice"
 
@@ -77,13 +77,13 @@ def main() -> int:
         creds = tmp / "credentials"
         bundle.write_to(creds)
         plan = plan_session(facility, USER, bundle)
-        port = free_port()
+        port = random_port()
         scheduler_cmd = plan.scheduler.command(str(creds), host="127.0.0.1")
         scheduler_cmd[scheduler_cmd.index("--port") + 1] = str(port)
         scheduler_cmd[scheduler_cmd.index("--dashboard-address") + 1] = "127.0.0.1:0"
         procs: list[subprocess.Popen] = []
         clients: dict[str, Client] = {}
-        traefik = TraefikProcess(tmp / "traefik", dask_port=free_port())
+        traefik = TraefikProcess(tmp / "traefik", dask_port=random_port())
         loop = asyncio.new_event_loop()
         log = open(tmp / "processes.log", "wb")
         try:

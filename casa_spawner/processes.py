@@ -1,5 +1,6 @@
 """One way to run a helper process: start it in its own session with its output in a log, wait
 (bounded) until it is ready, say why it failed from the log's last lines, stop it: SIGTERM, then SIGKILL.
+Beside it, the two port checks the launchers need: is a port still free, does it accept connections.
 
 Used for the processes the one-machine facility runs beside the hub.  Nothing here blocks the
 event loop: readiness probes are coroutines, and waits are ``asyncio`` waits with a deadline.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -124,3 +126,27 @@ class ChildProcess:
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if ``host:port`` can be bound now (``""`` or ``0.0.0.0``: every IPv4 interface)."""
+    family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+async def tcp_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts a TCP connection on ``host:port`` within ``timeout`` (a readiness probe)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

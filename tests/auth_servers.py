@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 
 HERE = Path(__file__).resolve().parent
 PROVIDER_DIR = HERE / "oidc_provider"
@@ -65,7 +65,7 @@ def oidc_provider(workdir: Path, redirect_uris: list[str], accounts: dict = ACCO
     """npm's oidc-provider on 127.0.0.1 with ``accounts``; yields its issuer URL."""
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
         raise RuntimeError("tests/oidc_provider/node_modules is missing: run scripts/install-test-deps (npm ci)")
-    port = free_port()
+    port = random_port()
     issuer = f"http://127.0.0.1:{port}"
     config = workdir / "oidc-provider.json"
     config.write_text(

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.condor_pool import TRUST_DOMAIN, PoolThread, worker_python
 from tests.hub_process import HubProcess, start_hub
 
@@ -102,7 +102,7 @@ class GatewayProcess:
         self.hub = hub
         self.backend_lines = list(backend_lines)
         self.env = dict(env or {})
-        self.api_port, self.proxy_port, self.tcp_port = free_port(), free_port(), free_port()
+        self.api_port, self.proxy_port, self.tcp_port = random_port(), random_port(), random_port()
         self.log_path = self.workdir / "gateway.log"
         self.process: subprocess.Popen | None = None
 

@@ -36,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 
 LOG_TAIL_LINES = 60
 TESTER_SCOPES = ["admin:users", "admin:servers", "admin:auth_state", "read:groups"]
@@ -141,7 +141,7 @@ class HubProcess:
 
 def hub_ports() -> tuple[int, str]:
     """A free port for a hub's public address, and that address: for config that must name it before the start."""
-    port = free_port()
+    port = random_port()
     return port, f"http://127.0.0.1:{port}"
 
 
@@ -155,7 +155,7 @@ def start_hub(workdir: os.PathLike | str, config_lines: list[str], timeout: floa
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
+    port, hub_port, proxy_api_port = port or random_port(), random_port(), random_port()
     token = secrets.token_hex(32)
     config = [
         f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'",

@@ -18,7 +18,7 @@ import pytest
 
 from casa_hub.dask_tls import make_session_tls
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,10 +31,10 @@ def scheduler(tmp_path):
     files = {"ca": tls.ca_pem, "scheduler": tls.scheduler_pem, "client": tls.client_pem, "worker": tls.worker_pem}
     for name, pem in files.items():
         write_secret_file(tmp_path / f"{name}.pem", pem)
-    port = free_port()
+    port = random_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",
-         "--port", str(port), "--dashboard-address", f"127.0.0.1:{free_port()}",
+         "--port", str(port), "--dashboard-address", f"127.0.0.1:{random_port()}",
          "--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "scheduler.pem"),
          "--tls-key", str(tmp_path / "scheduler.pem")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -14,7 +14,7 @@ from distributed.security import Security
 from casa_hub.dask_tls import make_session_tls
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.secret_files import write_secret_file
 
 
@@ -94,7 +94,7 @@ async def test_another_sessions_client_certificate_is_refused(tmp_path):
 @pytest.mark.e2e
 async def test_planned_scheduler_command_serves_the_bundle(tmp_path):
     """The sidecar command from the plan starts a real scheduler that the notebook env can reach."""
-    facility = Facility(domain="dask-test.localhost", scheduler_port=free_port(), dashboard_port=free_port())
+    facility = Facility(domain="dask-test.localhost", scheduler_port=random_port(), dashboard_port=random_port())
     plan = plan_session(facility, "alice", facility.issue_bundle("alice"))
     creds = tmp_path / "creds"
     plan.bundle.write_to(creds)

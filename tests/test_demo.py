@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from casa_session.cluster import SchedulerConnection
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.casa_cli import casa_command, run_casa
 from tests.secret_files import write_secret_file
 from tests.secret_scan import base64_file_forms
@@ -98,7 +98,7 @@ class RunningDemo:
 def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = None) -> RunningDemo:
     """``casa demo`` in a fresh state directory under ``work`` on free ports; waits until it is ready."""
     state_dir, output_path = work / "state", work / "demo.out"
-    port, dask_port = port or free_port(), free_port()
+    port, dask_port = port or random_port(), random_port()
     with open(output_path, "wb") as out:
         proc = subprocess.Popen(
             [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port), *extra],
@@ -315,7 +315,7 @@ def test_xcache_serves_the_demo_file_and_alices_area_only_to_her_token(demo):
 def test_second_demo_on_a_taken_port_says_so_and_exits_nonzero(demo, tmp_path):
     other_state = tmp_path / "other-state"
     result = subprocess.run(
-        [casa_command(), "demo", "--state-dir", str(other_state), "--port", str(demo.port), "--dask-port", str(free_port())],
+        [casa_command(), "demo", "--state-dir", str(other_state), "--port", str(demo.port), "--dask-port", str(random_port())],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
@@ -328,7 +328,7 @@ def test_second_demo_on_a_taken_port_says_so_and_exits_nonzero(demo, tmp_path):
 
 def test_second_demo_in_the_same_state_dir_is_refused(demo):
     result = subprocess.run(
-        [casa_command(), "demo", "--state-dir", str(demo.state_dir), "--port", str(free_port()), "--dask-port", str(free_port())],
+        [casa_command(), "demo", "--state-dir", str(demo.state_dir), "--port", str(random_port()), "--dask-port", str(random_port())],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
@@ -411,7 +411,7 @@ def test_sigterm_while_starting_stops_what_was_started(tmp_path):
 def test_demo_with_an_oidc_provider_and_no_xcache(tmp_path):
     from tests.auth_servers import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, oidc_provider, provider_sign_in
 
-    port = free_port()
+    port = random_port()
     secret_file = write_secret_file(tmp_path / "client-secret", (CLIENT_SECRET + "\n").encode())
     with oidc_provider(tmp_path, [f"http://127.0.0.1:{port}/hub/oauth_callback"]) as issuer:
         running = start_demo(

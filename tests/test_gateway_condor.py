@@ -27,7 +27,7 @@ from casa_condor.output import (
     parse_submit_output,
 )
 from casa_condor.schedd import CondorTools, UserSchedd
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 
 from tests.gateway_process import hold_jobs, wait_until
 
@@ -110,7 +110,7 @@ def test_a_refused_token_and_an_unreachable_schedd_are_told_apart(condor_pool, t
     assert isinstance(classify_failure("submit", refused.returncode, refused.stdout + refused.stderr), IdentityRefused)
 
     env = {**condor_pool.session_environment(condor_pool.token_dir("alice@casa.test")),
-           "_CONDOR_COLLECTOR_HOST": f"127.0.0.1:{free_port()}", "PATH": os.environ["PATH"]}
+           "_CONDOR_COLLECTOR_HOST": f"127.0.0.1:{random_port()}", "PATH": os.environ["PATH"]}
     down = subprocess.run([condor_pool.install.tool("condor_submit"), "-spool", "-terse", write_job(tmp_path, "down")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert down.returncode != 0

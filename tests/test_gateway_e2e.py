@@ -206,10 +206,10 @@ def new_cluster_error(gw: GatewayProcess, meanwhile=None, timeout: float = 90.0)
 
 @pytest.mark.parametrize("case", ["no such schedd", "collector down"])
 def test_an_unreachable_schedd_is_a_message(condor_pool, hub, tmp_path, case):
-    from casa_spawner.ports import free_port
+    from jupyterhub.utils import random_port
 
     wrong = {"schedd_host": "nobody-here@127.0.0.1"} if case == "no such schedd" else {
-        "collector_host": f"127.0.0.1:{free_port()}"}
+        "collector_host": f"127.0.0.1:{random_port()}"}
     gw = gateway(condor_pool, hub, tmp_path, **wrong).start()
     try:
         message = new_cluster_error(gw)

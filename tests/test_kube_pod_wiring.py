@@ -17,14 +17,9 @@ import pytest
 
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
+from jupyterhub.utils import random_port
 
 pytestmark = pytest.mark.e2e  # a real Dask scheduler and the credential sidecar
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kubelet_mount(directory: Path, data: dict[str, str], items: list[dict] | None = None) -> None:
@@ -71,7 +66,7 @@ def scheduler_processes():
 
 
 def test_notebook_env_reaches_the_sidecar_scheduler_over_mutual_tls(tmp_path, make_facility, scheduler_processes):
-    facility = make_facility(scheduler_port=free_port(), dashboard_port=free_port())
+    facility = make_facility(scheduler_port=random_port(), dashboard_port=random_port())
     plan = plan_session(facility, "alice", facility.issue_bundle("alice"))
     opts = ko.KubeSessionOptions(
         credentials_mount=str(tmp_path / "run/casa"),

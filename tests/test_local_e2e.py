@@ -27,7 +27,7 @@ from distributed import Client
 
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
 from casa_spawner.demo.traefik import TraefikProcess
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from casa_spawner.demo.xcache import ensure_macaroon_secret
 from tests.hub_process import start_hub
 from tests.xrootd_server import start_xrootd
@@ -44,7 +44,7 @@ ALICE_TEXT = b"alice's own histograms\n"
 def traefik(tmp_path):
     """Real Traefik on its own event loop (the test itself is synchronous, like a notebook)."""
     loop = asyncio.new_event_loop()
-    proc = TraefikProcess(tmp_path / "traefik", dask_port=free_port())
+    proc = TraefikProcess(tmp_path / "traefik", dask_port=random_port())
     loop.run_until_complete(proc.start())
     try:
         yield proc

@@ -20,7 +20,7 @@ from casa_hub.errors import ConfigurationError
 from casa_hub.plan import TCPRoute
 from casa_spawner.demo.traefik import PortInUseError, TraefikError, TraefikProcess, static_config
 from casa_spawner.local.routes import remove_route_file, route_config, route_file_name, write_route_file
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 
 HOST = "alice.dask.casa.test"
 ROUTE = TCPRoute(name="casa-dask-alice", host=HOST, entry_point="dask", port=8786)
@@ -146,7 +146,7 @@ async def wait_for_answer(port: int, sni: str, expected: str | None) -> None:
 
 @pytest.fixture
 async def traefik(tmp_path):
-    proc = TraefikProcess(tmp_path / "traefik", dask_port=free_port())
+    proc = TraefikProcess(tmp_path / "traefik", dask_port=random_port())
     await proc.start()
     try:
         yield proc
@@ -179,7 +179,7 @@ async def test_routes_pass_tls_through_by_sni_and_follow_the_files(traefik, tmp_
 
 @pytest.mark.e2e
 async def test_stop_reaps_the_process(tmp_path):
-    proc = TraefikProcess(tmp_path, dask_port=free_port())
+    proc = TraefikProcess(tmp_path, dask_port=random_port())
     await proc.start()
     pid = proc.process.pid
     await proc.stop()
@@ -200,7 +200,7 @@ async def test_a_port_taken_in_an_earlier_run_is_not_blamed_for_a_later_failure(
     workdir = tmp_path / "traefik"
     workdir.mkdir()
     (workdir / "traefik.log").write_text("level=error msg=\"listen tcp :8786: bind: address already in use\"\n")
-    failing = TraefikProcess(workdir, dask_port=free_port(), binary="/bin/false")  # exits at once, says nothing
+    failing = TraefikProcess(workdir, dask_port=random_port(), binary="/bin/false")  # exits at once, says nothing
     with pytest.raises(TraefikError, match="exited with status 1") as raised:
         await failing.start()
     assert not isinstance(raised.value, PortInUseError) and "already in use" not in str(raised.value)

@@ -69,7 +69,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from casa_spawner.demo.xcache import xrootd_config
 
 __all__ = ["XRootDServer", "XRootDStartError", "start_xrootd", "xrootd_config"]
@@ -180,7 +180,7 @@ def _start_once(xrootd, workdir, *, sitename, secret_b64_file, data_dir, maxdura
         os.chmod(secret_path, 0o600)
         authdb_path = run_dir / "authdb"
         authdb_path.write_text(authdb_rules or "# no rules: without a valid macaroon everything is refused\n")
-        port = free_port()
+        port = random_port()
         config_path = run_dir / "xrootd.cfg"
         config_path.write_text(xrootd_config(
             port=port, sitename=sitename, secret_path=str(secret_path), export_root=str(export_root),

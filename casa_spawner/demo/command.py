@@ -37,7 +37,9 @@ from pathlib import Path
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.names import user_names, validate_domain
 
-from ..ports import free_port, port_is_free
+from jupyterhub.utils import random_port
+
+from ..processes import port_is_free
 from .traefik import PortInUseError, TraefikProcess, traefik_binary
 from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
 
@@ -234,7 +236,7 @@ class Demo:
         s = self.settings
         self._check_ports()
         await asyncio.to_thread(self._prepare_state_dir)
-        ports = Ports(hub_api=free_port(), proxy_api=free_port())
+        ports = Ports(hub_api=random_port(), proxy_api=random_port())
 
         xcache_host = ""
         if s.xcache and shutil.which("xrootd"):

@@ -26,7 +26,7 @@ from casa_hub.condor_token import check_trust_domain
 from casa_hub.errors import ConfigurationError
 from casa_hub.secrets import read_secret_file
 
-from ..ports import free_port
+from jupyterhub.utils import random_port
 from ..processes import ChildProcess, ProcessStartError
 
 LOCAL_SUBDIRS = ("log", "spool", "execute", "lock", "run", "passwords.d", "tokens.d")
@@ -216,7 +216,7 @@ class CondorPool:
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
         if not self.port:
-            self.port = free_port()
+            self.port = random_port()
         (run_dir / "condor_config").write_text(
             pool_config(local_dir=str(run_dir), install=self.install, port=self.port,
                         trust_domain=self.trust_domain, daemon_user=owner.pw_name,

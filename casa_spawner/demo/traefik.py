@@ -21,7 +21,9 @@ import yaml
 
 from casa_hub.errors import CasaError, ConfigurationError
 
-from ..ports import free_port, port_is_free, tcp_accepts
+from jupyterhub.utils import random_port
+
+from ..processes import port_is_free, tcp_accepts
 
 log = logging.getLogger("casa.traefik")
 
@@ -148,7 +150,7 @@ class TraefikProcess:
     async def start(self, timeout: float = 30.0) -> None:
         binary = self.binary or traefik_binary()
         if self.ping_port is None:
-            self.ping_port = free_port()
+            self.ping_port = random_port()
         ports = [("dask", self.host, self.dask_port), ("ping", "127.0.0.1", self.ping_port)]
         if self.web_port:
             ports.append(("web", self.host, self.web_port))

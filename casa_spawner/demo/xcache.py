@@ -35,7 +35,7 @@ from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
 
-from ..ports import free_port
+from jupyterhub.utils import random_port
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"
@@ -213,7 +213,7 @@ class XCacheServer(LoggingConfigurable):
         authdb = run_dir / "authdb"
         authdb.write_text(authdb_rules(self.public_paths))
         if not self.port:
-            self.port = free_port()
+            self.port = random_port()
         config = run_dir / "xrootd.cfg"
         config.write_text(
             xrootd_config(

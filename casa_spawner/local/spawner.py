@@ -35,7 +35,7 @@ from casa_hub.files import make_private_dir
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
-from ..ports import tcp_accepts
+from ..processes import tcp_accepts
 from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"

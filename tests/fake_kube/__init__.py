@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from .faults import Fault, FaultRules
-from .server import FakeKubeApp, Request, free_port
+from .server import FakeKubeApp, Request
 from .thread import FakeKube
 
 KUBECONFIG = str(Path(__file__).with_name("kubeconfig.yaml"))
 
-__all__ = ["KUBECONFIG", "Fault", "FaultRules", "FakeKube", "FakeKubeApp", "Request", "free_port"]
+__all__ = ["KUBECONFIG", "Fault", "FaultRules", "FakeKube", "FakeKubeApp", "Request"]

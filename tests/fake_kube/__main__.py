@@ -8,14 +8,15 @@ import signal
 
 from aiohttp import web
 
-from .server import FakeKubeApp, free_port
+from .server import FakeKubeApp
+from jupyterhub.utils import random_port
 
 
 async def serve(args) -> None:
     fake = FakeKubeApp(latency=args.latency, pod_start_delay=args.pod_start_delay, garbage_collection=not args.no_gc)
     runner = web.AppRunner(fake.app, handle_signals=False, shutdown_timeout=1, access_log=None)
     await runner.setup()
-    port = args.port or free_port()
+    port = args.port or random_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -76,12 +75,6 @@ def parse_path(path: str) -> Target:
     if plural == "namespaces":
         namespace = ""
     return Target(resource, namespace, name, sub, group_version, KINDS.get(plural) if not group else None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeKubeApp:

@@ -14,8 +14,9 @@ import threading
 from aiohttp import web
 
 from .faults import Fault
-from .server import FakeKubeApp, Request, free_port
+from .server import FakeKubeApp, Request
 from .store import KINDS
+from jupyterhub.utils import random_port
 
 
 class FakeKube:
@@ -23,7 +24,7 @@ class FakeKube:
 
     def __init__(self, **options):
         self.app = FakeKubeApp(**options)
-        self.port = free_port()
+        self.port = random_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
