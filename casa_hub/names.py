@@ -6,50 +6,51 @@ Guarantees of :func:`user_slug` (tested by a property test over arbitrary Unicod
   alphanumeric, at most 63 characters;
 - it is deterministic: the same username always gives the same slug;
 - two different usernames never share a slug: a name that is not already a valid,
-  ``--``-free label is escaped *and* suffixed with a hash of the original
-  (``kubespawner.slugs.safe_slug``), while a name kept as-is never contains ``---``;
-- ordinary names stay readable: ``alice`` -> ``alice``.
+  ``--``-free label is escaped *and* suffixed with a hash of the original, while a name
+  kept as-is never contains ``---``;
+- ordinary names stay readable: ``alice`` -> ``alice``;
+- it is the slug KubeSpawner gives the same name (``kubespawner.slugs.safe_slug`` with
+  ``max_length=40``), so a user's pod and their Casa objects carry the same name part.  The
+  scheme is held here rather than imported: importing ``kubespawner.slugs`` runs the
+  package's ``__init__`` (the spawner, the Kubernetes client: seconds), which casa_hub must
+  not pay; tests/test_names.py pins the two to the same output.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import ConfigurationError
-
-
-def _load_kubespawner_slugs():
-    """kubespawner's pure ``slugs`` module, without running ``kubespawner/__init__``.
-
-    The package's ``__init__`` imports the spawner (kubernetes client, JupyterHub:
-    ~2 s); casa_hub must stay free of both, and ``slugs.py`` needs neither.
-    """
-    package = importlib.util.find_spec("kubespawner")
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("jupyterhub-kubespawner is required for user slugs")
-    path = Path(next(iter(package.submodule_search_locations))) / "slugs.py"
-    spec = importlib.util.spec_from_file_location("casa_hub._kubespawner_slugs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-safe_slug = _load_kubespawner_slugs().safe_slug
 
 #: Longest slug we hand out; safe_slug's hashed form is at most this long.
 SLUG_MAX_LENGTH = 40
 
+#: Hex digits of the SHA-256 of the username in a hashed slug, after ``---``.
+HASH_LENGTH = 8
+
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_KEPT = re.compile(r"[a-z]([a-z0-9-]*[a-z0-9])?")  #: starts with a letter: also an RFC 1035 label
+_RUNS_TO_DASH = re.compile(r"[^a-z0-9]+")
+
+
+def _readable_part(username: str, length: int) -> str:
+    """Lowercase alphanumerics of ``username``, other runs as one '-', starting with a letter, at most ``length``."""
+    part = _RUNS_TO_DASH.sub("-", username.lower()).lstrip("-")[:length].rstrip("-")
+    if part and not ("a" <= part[0] <= "z"):
+        part = "x-" + part[: length - 2]
+    return part or "x"
 
 
 def user_slug(username: str) -> str:
     """The user's DNS-1123 label, collision-proof (see module docstring)."""
     if not isinstance(username, str) or not username:
         raise ValueError("username must be a non-empty string")
-    return safe_slug(username, max_length=SLUG_MAX_LENGTH)
+    if "--" not in username and len(username) <= SLUG_MAX_LENGTH and _KEPT.fullmatch(username):
+        return username
+    digest = hashlib.sha256(username.encode("utf8")).hexdigest()[:HASH_LENGTH]
+    return f"{_readable_part(username, SLUG_MAX_LENGTH - HASH_LENGTH - 3)}---{digest}"
 
 
 def is_dns_label(value: str) -> bool:

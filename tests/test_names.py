@@ -44,6 +44,24 @@ def test_case_and_punctuation_variants_do_not_collide(username):
     assert len({user_slug(v) for v in variants}) == len(variants)
 
 
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.text(min_size=1, max_size=120),
+    st.text(alphabet="abcxyz019-_.@ ", min_size=1, max_size=70),  # near-labels: dashes, lengths around 40
+    st.from_regex(r"[a-z][a-z0-9-]{0,45}[a-z0-9]\n?", fullmatch=True),
+))
+def test_slugs_are_kubespawners_own(username):
+    """KubeSpawner names the user's pod with the same scheme: both give the same slug (upstream pinned)."""
+    from kubespawner.slugs import safe_slug
+
+    assert user_slug(username) == safe_slug(username, max_length=40)
+
+
+def test_casa_hub_never_imports_kubespawner():
+    code = "import sys, casa_hub.names, casa_hub.facility; casa_hub.names.user_slug('Alice'); print('kubespawner' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 TRICKY = [
     # username, expected slug (None: hashed form checked by pattern)
     ("alice", "alice"),
@@ -69,8 +87,11 @@ TRICKY = [
 
 @pytest.mark.parametrize("username,expected", TRICKY)
 def test_tricky_usernames(username, expected):
+    from kubespawner.slugs import safe_slug
+
     slug = user_slug(username)
     assert_valid_label(slug)
+    assert slug == safe_slug(username, max_length=40)
     if expected is not None:
         assert slug == expected
     else:
