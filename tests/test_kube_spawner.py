@@ -14,11 +14,10 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from kubernetes_asyncio.client.rest import ApiException
-from traitlets import TraitError
 from traitlets.config import Config
 
 from casa_hub import bundle as b
-from casa_spawner.kube import CasaKubeError, CasaKubeSpawner, SessionCleanupError, SessionObjectError
+from casa_spawner.kube import CasaKubeSpawner, NamedServerError, SessionCleanupError, SessionObjectError
 from tests.casa_kube_helpers import assert_no_master_secret
 from tests.fake_kube.spawners import make_spawner, reset_kubespawner
 
@@ -90,7 +89,7 @@ async def make(make_facility):
 
 async def planned(sp):
     sp._plan = await sp.plan_new_session()
-    sp._bundle = sp._plan.bundle
+    sp.bundle = sp._plan.bundle
     return sp
 
 
@@ -228,14 +227,14 @@ async def test_logs_name_objects_never_credentials(make, master_secrets, caplog)
     await sp.delete_session_objects()
     assert "casa-creds-alice" in caplog.text
     assert_no_master_secret(caplog.text, master_secrets)
-    for f in sp._bundle.files:
+    for f in sp.bundle.files:
         token = f.content.strip().splitlines()[-2 if f.content.startswith(b"-----") else 0]
         assert token.decode() not in caplog.text
 
 
 async def test_renewal_patches_only_the_reissued_tokens(make, master_secrets):
     sp = await planned(await make())
-    before = sp._bundle
+    before = sp.bundle
     assert await sp.renew_credentials() == []  # nothing is due yet
     assert sp.api.calls == []
 
@@ -246,20 +245,20 @@ async def test_renewal_patches_only_the_reissued_tokens(make, master_secrets):
     assert method == "patch_namespaced_secret" and args[:2] == ("casa-creds-alice", "default")
     data = args[2]["data"]
     assert list(data) == ["bearer_token"]
-    assert base64.b64decode(data["bearer_token"]) == sp._bundle.get(b.BEARER_TOKEN_PATH).content
-    assert sp._bundle.get(b.BEARER_TOKEN_PATH).content != before.get(b.BEARER_TOKEN_PATH).content
-    assert sp._bundle.get(b.CONDOR_TOKEN_PATH) is before.get(b.CONDOR_TOKEN_PATH)
+    assert base64.b64decode(data["bearer_token"]) == sp.bundle.get(b.BEARER_TOKEN_PATH).content
+    assert sp.bundle.get(b.BEARER_TOKEN_PATH).content != before.get(b.BEARER_TOKEN_PATH).content
+    assert sp.bundle.get(b.CONDOR_TOKEN_PATH) is before.get(b.CONDOR_TOKEN_PATH)
     assert_no_master_secret(args[2], master_secrets)
 
 
 async def test_failed_renewal_keeps_the_current_bundle_and_poll_survives(make):
     core = RecordingApi(patch_namespaced_secret=[api_error(403)])
     sp = await planned(await make(core=core))
-    before = sp._bundle
+    before = sp.bundle
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=10)
     with pytest.raises(SessionObjectError, match="renewal of Secret casa-creds-alice: 403"):
         await sp.renew_credentials(now=later)
-    assert sp._bundle is before
+    assert sp.bundle is before
 
 
 async def test_access_token_from_auth_state_becomes_the_bearer_token(make_facility, make):
@@ -267,21 +266,21 @@ async def test_access_token_from_auth_state_becomes_the_bearer_token(make_facili
     expiry = int(time.time()) + 3600
     await sp.run_auth_state_hook({"access_token": "idp-token-1", "refresh_token": "r", "casa": {"access_token_expires_at": expiry}})
     await planned(sp)
-    bearer = sp._bundle.get(b.BEARER_TOKEN_PATH)
+    bearer = sp.bundle.get(b.BEARER_TOKEN_PATH)
     assert bearer.content == b"idp-token-1\n"
     assert bearer.expires_at == dt.datetime.fromtimestamp(expiry, dt.timezone.utc)  # the IdP's expiry travels with it
 
     sp.user.auth_state = {"access_token": "idp-token-2", "casa": {"access_token_expires_at": expiry + 3600}}  # refreshed
     assert await sp.renew_credentials() == [b.BEARER_TOKEN_PATH]
     assert base64.b64decode(sp.api.calls[-1][1][2]["data"]["bearer_token"]) == b"idp-token-2\n"
-    assert sp._bundle.get(b.BEARER_TOKEN_PATH).expires_at == dt.datetime.fromtimestamp(expiry + 3600, dt.timezone.utc)
+    assert sp.bundle.get(b.BEARER_TOKEN_PATH).expires_at == dt.datetime.fromtimestamp(expiry + 3600, dt.timezone.utc)
 
 
 async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart(make, facility):
     sp = await planned(await make(facility=facility))
     state = sp.get_state()
     text = json.dumps(state)
-    for f in sp._bundle.files:
+    for f in sp.bundle.files:
         assert f.content.decode().strip()[:40] not in text
     assert {s["path"] for s in state["casa_renewable"]} == {b.CONDOR_TOKEN_PATH, b.BEARER_TOKEN_PATH}
 
@@ -309,7 +308,7 @@ async def test_renewed_expiry_times_are_saved_in_the_hub_database(make):
 async def test_named_servers_are_refused_clearly(make):
     sp = await make()
     sp.orm_spawner = SimpleNamespace(name="gpu", display_name="gpu", server=None)  # what the hub's ORM row gives
-    with pytest.raises(CasaKubeError, match="default server only"):
+    with pytest.raises(NamedServerError, match="one session per user"):
         await sp.start()
 
 
@@ -322,8 +321,25 @@ async def test_an_operators_after_pod_created_hook_runs_after_ours(make):
     sp = await planned(await make(after_pod_created_hook=operator_hook))
     await sp.after_pod_created_hook(sp, POD)
     assert seen == [1]  # the route existed when the operator's hook ran
-    with pytest.raises(TraitError):
-        sp.after_pod_created_hook = None  # the session's objects cannot be switched off by accident
+
+
+@pytest.mark.parametrize("section", ["KubeSpawner", "CasaKubeSpawner"])
+async def test_no_after_pod_created_hook_is_valid_config_and_keeps_the_session_objects(make, section):
+    """``c.KubeSpawner.after_pod_created_hook = None`` is valid upstream; here it means "no hook of mine"."""
+    cfg = Config()
+    cfg[section].after_pod_created_hook = None
+    sp = await planned(await make(config=cfg))
+    await sp.after_pod_created_hook(sp, POD)
+    assert sp.api.methods().count("create_namespaced_secret") == 2 and sp.custom_api.methods() == ["create_namespaced_custom_object"]
+    sp.after_pod_created_hook = None  # set later, by a hub's own code: still the session's objects
+    assert sp.after_pod_created_hook is not None
+
+
+def test_the_parents_hook_trait_is_extended_not_redeclared():
+    from kubespawner import KubeSpawner
+
+    assert "after_pod_created_hook" not in CasaKubeSpawner.__dict__
+    assert CasaKubeSpawner.class_traits()["after_pod_created_hook"] is KubeSpawner.class_traits()["after_pod_created_hook"]
 
 
 async def test_traits_come_from_config(make):

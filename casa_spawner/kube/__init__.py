@@ -1,6 +1,6 @@
 """The hub on Kubernetes: CasaKubeSpawner, its manifest builders, its API calls and ``casa render``."""
 
-__all__ = ["CasaKubeSpawner", "CasaKubeError", "SessionObjectError", "SessionCleanupError"]
+__all__ = ["CasaKubeSpawner", "CasaKubeError", "NamedServerError", "SessionObjectError", "SessionCleanupError"]
 
 
 def __getattr__(name):
@@ -10,6 +10,10 @@ def __getattr__(name):
         from .spawner import CasaKubeSpawner
 
         return CasaKubeSpawner
+    if name == "NamedServerError":
+        from ..session import NamedServerError
+
+        return NamedServerError
     if name in __all__:
         from . import api
 

@@ -35,10 +35,8 @@ which also holds the retry pattern; the fake API in tests/fake_kube answers them
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
-import datetime as dt
 
 import aiohttp
 from jupyterhub.utils import maybe_future
@@ -46,40 +44,44 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import get_k8s_model
 from kubernetes_asyncio.client.models import V1Container, V1Volume, V1VolumeMount
-from traitlets import Callable, Dict, Float, Instance, Int, List, Unicode, default, validate
+from traitlets import Dict, Float, Int, List, Unicode, default, observe, validate
 
 from casa_hub import bundle as b
-from casa_hub.auth_state import AccessToken, access_token_from
 from casa_hub.bundle import CredentialBundle, CredentialFile
-from casa_hub.facility import Facility
-from casa_hub.plan import SessionPlan, plan_session
+from casa_hub.plan import SessionPlan
 
+from ..session import NamedServerError, SessionCore
 from . import objects as ko
 from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
 
-__all__ = ["CasaKubeSpawner", "CasaKubeError", "SessionObjectError", "SessionCleanupError"]
+__all__ = ["CasaKubeSpawner", "CasaKubeError", "NamedServerError", "SessionObjectError", "SessionCleanupError"]
 
 
 async def _run_casa_after_pod_created(spawner, pod):
     await spawner.create_session_objects(pod)
 
 
-class CasaKubeSpawner(KubeSpawner):
+def _with_session_objects(hook):
+    """The session's objects first, then the operator's ``hook(spawner, pod)`` if any."""
+    if hook is None:
+        return _run_casa_after_pod_created
+    if hook is _run_casa_after_pod_created or hasattr(hook, "casa_operator_hook"):
+        return hook
+
+    async def casa_then_operator_hook(spawner, pod):
+        await spawner.create_session_objects(pod)
+        await maybe_future(hook(spawner, pod))
+
+    casa_then_operator_hook.casa_operator_hook = hook
+    return casa_then_operator_hook
+
+
+class CasaKubeSpawner(SessionCore, KubeSpawner):
     """KubeSpawner for an analysis facility: a Dask scheduler beside every notebook,
     reachable at ``tls://<slug>.dask.<domain>:8786``, with HTCondor/XCache credentials
     kept private and renewed."""
-
-    facility = Instance(
-        Facility,
-        help="""The facility (``c.Facility.*``): domain, ports, key files, lifetimes.
-        Defaults to the hub's shared ``Facility.instance()``.""",
-    )
-
-    @default("facility")
-    def _default_facility(self):
-        return Facility.instance(config=self.config)
 
     ingress_route_group = Unicode(
         "traefik.io",
@@ -159,35 +161,29 @@ class CasaKubeSpawner(KubeSpawner):
             raise ValueError("CasaKubeSpawner.credsync_interval must be within (0, 300] seconds")
         return proposal["value"]
 
-    after_pod_created_hook = Callable(
-        config=True,
-        help="""Callable ``hook(spawner, pod)`` (may be async) run once the pod exists.
+    # KubeSpawner's documented slot once the pod exists (its trait, extended here, not redeclared):
+    # the session's objects are created there, and an operator's own hook runs after them.
+    # traitlets validates neither None nor an unchanged default, so None is mapped in two more places.
 
-        CasaKubeSpawner creates the session's Secrets, Service and IngressRouteTCP in this
-        slot; a hook set here runs after them. Example:
-        ``c.CasaKubeSpawner.after_pod_created_hook = my_hook``""",
-    )
-
-    # KubeSpawner's documented slot after the pod exists; an operator's own hook still runs, after ours.
     @default("after_pod_created_hook")
     def _default_after_pod_created_hook(self):
         return _run_casa_after_pod_created
 
     @validate("after_pod_created_hook")
     def _keep_session_objects_hook(self, proposal):
-        hook = proposal["value"]
-        if hook is None or hook is _run_casa_after_pod_created:
-            return _run_casa_after_pod_created
+        return _with_session_objects(proposal["value"])
 
-        async def casa_then_operator_hook(spawner, pod):
-            await spawner.create_session_objects(pod)
-            await maybe_future(hook(spawner, pod))
+    @observe("after_pod_created_hook")
+    def _none_keeps_session_objects_hook(self, change):
+        if change["new"] is None:
+            self.after_pod_created_hook = _run_casa_after_pod_created
 
-        return casa_then_operator_hook
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.after_pod_created_hook is None:  # c.KubeSpawner.after_pod_created_hook = None, as upstream allows
+            self.after_pod_created_hook = _run_casa_after_pod_created
 
-    _access_token: AccessToken | None = None
     _plan: SessionPlan | None = None
-    _bundle: CredentialBundle | None = None
 
     # -- names and options ----------------------------------------------------
 
@@ -213,35 +209,18 @@ class CasaKubeSpawner(KubeSpawner):
             extra_labels=self._build_common_labels(self._expand_all(self.extra_labels)),
         )
 
-    # -- credentials --------------------------------------------------------
-
-    async def run_auth_state_hook(self, auth_state):
-        """Keep the IdP access token: it becomes the WLCG bearer token when no XCache secret is set."""
-        self._access_token = access_token_from(auth_state)
-        await super().run_auth_state_hook(auth_state)
+    # -- the plan -------------------------------------------------------------
 
     async def plan_new_session(self) -> SessionPlan:
-        """Issue a fresh bundle (off the event loop: key files, signatures, keygens) and plan the session."""
-        username = self.user.name
-        token = self._access_token
-        bundle = await asyncio.to_thread(
-            self.facility.issue_bundle,
-            username,
-            access_token=token.token if token else None,
-            access_token_expires_at=token.expires_at if token else None,
-        )
-        return plan_session(self.facility, username, bundle, entry_point=self.ingress_route_entry_points[0])
+        """Issue a fresh bundle and plan the session (``SessionCore``)."""
+        return self.plan(await self.issue_credentials(), self.ingress_route_entry_points[0])
 
     # -- start ----------------------------------------------------------------
 
     async def start(self):
-        if self.name:
-            raise CasaKubeError(
-                f"named server {self.name!r}: a user has one Dask scheduler address "
-                f"({self.facility.names(self.user.name).scheduler_address}), so CasaKubeSpawner runs the default server only"
-            )
+        self.refuse_named_server()
         self._plan = await self.plan_new_session()
-        self._bundle = self._plan.bundle
+        self.bundle = self._plan.bundle
         try:
             return await super().start()
         except aiohttp.ClientError as e:  # KubeSpawner lets a dropped connection escape as is
@@ -343,57 +322,24 @@ class CasaKubeSpawner(KubeSpawner):
 
     async def poll(self):
         status = await super().poll()
-        if status is None and self._bundle is not None:
-            try:
-                await self.renew_credentials()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the next poll retries; the session keeps its current files
-                self.log.warning("Credential renewal for %s failed: %s", self.user.name, e)
+        if status is None and self.bundle is not None:
+            await self.renew_in_poll()
         return status
 
-    async def renew_credentials(self, now: dt.datetime | None = None) -> list[str]:
-        """Re-issue what passed the renewal fraction of its life, patch the Secret; returns the renewed paths."""
-        bundle = self._bundle
-        access_token = self._access_token
-        current = bundle.get(b.BEARER_TOKEN_PATH)
-        if current is not None and current.kind == "bearer-token":
-            # the authenticator refreshes the access token in auth_state; pass the fresh one on
-            auth_state = await self.user.get_auth_state()
-            access_token = access_token_from(auth_state) or access_token
-        renewed = await asyncio.to_thread(
-            self.facility.renew_bundle,
-            self.user.name,
-            bundle,
-            access_token=access_token.token if access_token else None,
-            access_token_expires_at=access_token.expires_at if access_token else None,
-            now=now,
-        )
-        if renewed is None:
-            return []
-        changed = [f for f in renewed.for_audience(b.NOTEBOOK).files if bundle.get(f.path) is not f]
-        if not changed:
-            self._bundle = renewed
-            return []
-        data = {f.key: base64.b64encode(f.content).decode("ascii") for f in changed}
-        await self.session_api.patch_secret_data(self.session_names.secret, data)
-        self._bundle = renewed
+    async def materialise_renewal(self, renewed: CredentialBundle, changed: list[CredentialFile]) -> None:
+        """Patch the re-issued notebook files into the Secret (the sync sidecar follows the kubelet's update)."""
+        data = {f.key: base64.b64encode(f.content).decode("ascii") for f in changed if b.NOTEBOOK in f.audiences}
+        if data:
+            await self.session_api.patch_secret_data(self.session_names.secret, data)
         if self._plan is not None:
             self._plan = dataclasses.replace(self._plan, bundle=renewed)
-        self._access_token = access_token
-        if self.orm_spawner is not None:  # the new expiry times survive a hub restart
-            self.orm_spawner.state = self.get_state()
-            self.db.commit()
-        paths = [f.path for f in changed]
-        self.log.info("Renewed %s for %s", ", ".join(paths), self.user.name)
-        return paths
 
     # -- state (expiry metadata only: never a credential) ----------------------
 
     def get_state(self):
         state = super().get_state()
-        if self._bundle is not None:
-            state["casa_renewable"] = [f.metadata() for f in self._bundle.files if f.kind in RENEWABLE_KINDS]
+        if self.bundle is not None:
+            state["casa_renewable"] = [f.metadata() for f in self.bundle.files if f.kind in RENEWABLE_KINDS]
         return state
 
     def load_state(self, state):
@@ -401,10 +347,10 @@ class CasaKubeSpawner(KubeSpawner):
         contents are never sent (only re-issued files are patched)."""
         super().load_state(state)
         saved = state.get("casa_renewable")
-        if saved is not None and self._bundle is None:
-            self._bundle = CredentialBundle(tuple(CredentialFile.from_metadata(s, b"") for s in saved))
+        if saved is not None and self.bundle is None:
+            self.bundle = CredentialBundle(tuple(CredentialFile.from_metadata(s, b"") for s in saved))
 
     def clear_state(self):
         super().clear_state()
         self._plan = None
-        self._bundle = None
+        self.bundle = None

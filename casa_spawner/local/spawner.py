@@ -25,15 +25,14 @@ from pathlib import Path
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Float, Instance, Unicode, default
+from traitlets import Float, Unicode, default
 
 from casa_hub import bundle as b
-from casa_hub.auth_state import AccessToken, access_token_from
 from casa_hub.bundle import CredentialBundle, CredentialFile
-from casa_hub.errors import ConfigurationError
 from casa_hub.files import make_private_dir
-from casa_hub.facility import Facility
-from casa_hub.plan import SessionPlan, plan_session
+from casa_hub.plan import SessionPlan
+
+from ..session import SessionCore
 
 from ..processes import tcp_accepts
 from .routes import remove_route_file, write_route_file
@@ -41,7 +40,7 @@ from .routes import remove_route_file, write_route_file
 STATE_KEY = "casa"
 
 
-class CasaLocalSpawner(SimpleLocalProcessSpawner):
+class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
     """Notebook, Dask scheduler and Traefik route for each user, as local processes and files."""
 
     state_dir = Unicode(
@@ -84,15 +83,6 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         config=True,
         help="""Home directory of the notebook (``{username}``, ``{slug}``); defaults to ``<state_dir>/home/{slug}``.""",
     )
-    facility = Instance(
-        Facility,
-        help="""The facility model (``c.Facility.*``); defaults to the hub's shared ``Facility.instance()``,
-        so key files are read once per hub, not once per user.""",
-    )
-
-    @default("facility")
-    def _default_facility(self):
-        return Facility.instance(config=self.config)
 
     @default("home_dir")
     def _default_home_dir(self):
@@ -166,11 +156,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self):
-        if self.name:
-            raise ConfigurationError(
-                f"CasaLocalSpawner runs one session per user (one scheduler named <slug>.dask.<domain>); "
-                f"named server {self.name!r} cannot have its own: turn off c.JupyterHub.allow_named_servers"
-            )
+        self.refuse_named_server()
         names = self.facility.names(self.user.name)
         self.session_dir = os.path.join(self.state_dir, "users", names.slug)
         try:
@@ -187,15 +173,9 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             raise
 
     async def _materialise(self) -> SessionPlan:
-        token = await self._access_token()
         await asyncio.to_thread(self.facility.load_secrets)
-        bundle = await asyncio.to_thread(
-            self.facility.issue_bundle,
-            self.user.name,
-            access_token=token.token if token else None,
-            access_token_expires_at=token.expires_at if token else None,
-        )
-        plan = plan_session(self.facility, self.user.name, bundle, entry_point=self.dask_entry_point)
+        bundle = await self.issue_credentials()
+        plan = self.plan(bundle, self.dask_entry_point)
         port, dashboard_port = random_port(), random_port()
         scheduler = dataclasses.replace(plan.scheduler, port=port, dashboard_port=dashboard_port)
         plan = dataclasses.replace(plan, scheduler=scheduler)
@@ -211,9 +191,6 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     def _write_credentials(self, bundle: CredentialBundle) -> None:
         bundle.for_audience(b.NOTEBOOK).write_to(self.credentials_dir)
         bundle.for_audience(b.SCHEDULER).write_to(self.scheduler_dir)
-
-    async def _access_token(self) -> AccessToken | None:
-        return access_token_from(await self.user.get_auth_state() if self.user else None)
 
     async def _start_scheduler(self, plan: SessionPlan) -> None:
         # the dashboard has no authentication of its own: loopback only on a shared machine
@@ -262,28 +239,12 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         return None
 
     async def _renew_credentials(self) -> None:
-        async with self._session_lock:
-            if self.bundle is None:  # no session, or torn down while this renewal waited
-                return
-            try:
-                token = await self._access_token()
-                renewed = await asyncio.to_thread(
-                    self.facility.renew_bundle,
-                    self.user.name,
-                    self.bundle,
-                    access_token=token.token if token else None,
-                    access_token_expires_at=token.expires_at if token else None,
-                )
-            except Exception as exc:  # the current credentials stay valid until they expire: try again next poll
-                self.log.error("Could not renew credentials of %s: %s", self._log_name, exc)
-                return
-            if renewed is not None:
-                await asyncio.to_thread(self._write_credentials, renewed)
-                self.bundle = renewed
-                if self.orm_spawner is not None:  # the new expiry times survive a hub restart
-                    self.orm_spawner.state = self.get_state()
-                    self.db.commit()
-                self.log.info("Renewed credentials of %s", self._log_name)
+        async with self._session_lock:  # never while the session is torn down (the bundle is None then)
+            await self.renew_in_poll()
+
+    async def materialise_renewal(self, renewed: CredentialBundle, changed: list[CredentialFile]) -> None:
+        """Rewrite the session's files (atomically, each) with the re-issued ones beside the rest."""
+        await asyncio.to_thread(self._write_credentials, renewed)
 
     async def stop(self, now=False):
         self._stopping = True  # LocalProcessSpawner.stop polls: no renewal or recursion from there

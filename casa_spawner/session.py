@@ -1,0 +1,146 @@
+"""The session core both hub spawners share: facility, plan, credentials, renewal, saved state.
+
+``CasaKubeSpawner`` and ``CasaLocalSpawner`` differ only in how a plan is materialised
+(Kubernetes objects vs. local processes and files).  What a session *is* -- one per user,
+credentials issued from the facility with the user's IdP token, re-issued past their
+renewal time and the new expiry times saved in the hub's database -- lives here once, as a
+mixin placed before the JupyterHub spawner class::
+
+    class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner): ...
+
+A spawner using it provides :meth:`SessionCore.materialise_renewal` (send the re-issued files
+where the session reads them) and keeps ``bundle`` up to date; the rest it inherits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+
+from traitlets import Instance, default
+from traitlets.config import LoggingConfigurable
+
+from casa_hub.auth_state import AccessToken, access_token_from
+from casa_hub.bundle import CredentialBundle, CredentialFile
+from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.facility import Facility
+from casa_hub.plan import SessionPlan, plan_session
+
+
+class NamedServerError(ConfigurationError):
+    """A named server was asked for: a user has one scheduler address, so one session."""
+
+
+def _token_arguments(token: AccessToken | None) -> dict:
+    """The facility's keyword arguments for the IdP token (the WLCG bearer token without an XCache secret)."""
+    return {"access_token": token.token if token else None, "access_token_expires_at": token.expires_at if token else None}
+
+
+class SessionCore(LoggingConfigurable):
+    """Mixin for a JupyterHub ``Spawner``: what every Casa session has, whatever runs it.
+
+    Renewal failures that are expected (the Kubernetes API or a key file refusing, a full
+    disk) are logged in one line and retried at the next poll; anything else is logged
+    with its traceback, and retried too: the session keeps its current, still valid files.
+    """
+
+    facility = Instance(
+        Facility,
+        help="""The facility (``c.Facility.*``): domain, ports, key files, lifetimes. Defaults to the
+        hub's shared ``Facility.instance()``, so key files are read once per hub, not once per user.
+
+        Example: ``c.CasaLocalSpawner.facility = Facility(domain="af.example.org")`` (rarely needed).""",
+    )
+
+    @default("facility")
+    def _default_facility(self):
+        return Facility.instance(config=self.config)
+
+    #: the session's credentials (files and expiry times), None when there is no session
+    bundle: CredentialBundle | None = None
+    #: the IdP token the hub handed over at spawn time (``run_auth_state_hook``)
+    _hook_access_token: AccessToken | None = None
+
+    #: failures of a renewal that need no traceback: the message says it all
+    expected_renewal_errors: tuple[type[BaseException], ...] = (CasaError, OSError, asyncio.TimeoutError)
+
+    # -- one session per user -----------------------------------------------------
+
+    def refuse_named_server(self) -> None:
+        """Raise :class:`NamedServerError` for a named server (call first in ``start``)."""
+        if self.name:
+            address = self.facility.names(self.user.name).scheduler_address
+            raise NamedServerError(
+                f"{type(self).__name__} runs one session per user (one Dask scheduler at {address}); "
+                f"named server {self.name!r} cannot have its own: turn off c.JupyterHub.allow_named_servers"
+            )
+
+    # -- the IdP token and the credentials ------------------------------------------
+
+    async def run_auth_state_hook(self, auth_state):
+        """Keep the IdP access token: it becomes the WLCG bearer token when no XCache secret is set."""
+        self._hook_access_token = access_token_from(auth_state)
+        await super().run_auth_state_hook(auth_state)
+
+    async def access_token(self, *, fresh: bool = False) -> AccessToken | None:
+        """The user's IdP token: the one the hub handed over at spawn time, or, when ``fresh``
+        (a renewal) or none was handed over, the one in auth_state now (the authenticator's
+        ``refresh_user`` keeps it current there)."""
+        if self._hook_access_token is not None and not fresh:
+            return self._hook_access_token
+        current = access_token_from(await self.user.get_auth_state() if self.user else None)
+        return current or self._hook_access_token
+
+    async def issue_credentials(self) -> CredentialBundle:
+        """A fresh bundle, issued off the event loop (key files, signatures, key generation)."""
+        token = await self.access_token()
+        return await asyncio.to_thread(self.facility.issue_bundle, self.user.name, **_token_arguments(token))
+
+    def plan(self, bundle: CredentialBundle, entry_point: str) -> SessionPlan:
+        """The backend-neutral plan of this user's session (``casa_hub.plan``)."""
+        return plan_session(self.facility, self.user.name, bundle, entry_point=entry_point)
+
+    # -- renewal -----------------------------------------------------------------
+
+    async def materialise_renewal(self, renewed: CredentialBundle, changed: list[CredentialFile]) -> None:
+        """Put the re-issued files (``changed``, all of ``renewed`` for context) where the session reads them."""
+        raise NotImplementedError
+
+    async def renew_credentials(self, now=None) -> list[str]:
+        """Re-issue what passed the renewal fraction of its life, materialise it, save the new expiry
+        times; returns the renewed paths.  On failure the current bundle stays and the error is raised."""
+        bundle = self.bundle
+        if bundle is None:
+            return []
+        token = await self.access_token(fresh=True)
+        renewed = await asyncio.to_thread(self.facility.renew_bundle, self.user.name, bundle, now=now, **_token_arguments(token))
+        if renewed is None or self.bundle is not bundle:  # nothing due, or the session ended meanwhile
+            return []
+        changed = [f for f in renewed.files if bundle.get(f.path) is not f]
+        await self.materialise_renewal(renewed, changed)
+        self.bundle = renewed
+        if token is not None:
+            self._hook_access_token = token
+        self.save_state()
+        paths = [f.path for f in changed]
+        self.log.info("Renewed %s for %s", ", ".join(paths), self.user.name)
+        return paths
+
+    async def renew_in_poll(self) -> None:
+        """``renew_credentials`` as ``poll`` calls it: a failure is logged, the next poll tries again."""
+        try:
+            await self.renew_credentials()
+        except asyncio.CancelledError:
+            raise
+        except self.expected_renewal_errors as e:
+            self.log.error("Could not renew credentials of %s: %s", self.user.name, e)
+        except Exception as e:
+            self.log.error("Could not renew credentials of %s: %s\n%s", self.user.name, e, traceback.format_exc())
+
+    # -- saved state ---------------------------------------------------------------
+
+    def save_state(self) -> None:
+        """Write ``get_state()`` to the hub's database now (new expiry times survive a hub restart)."""
+        if self.orm_spawner is not None:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
