@@ -96,14 +96,22 @@ class ChildProcess:
         deadline = time.monotonic() + timeout
         while True:
             if not self.running:
-                raise ProcessStartError(
-                    f"{self.name} exited with status {self.returncode} while starting:\n{self.log_tail()}"
-                )
+                raise ProcessStartError(self.failure(f"{self.name} exited with status {self.returncode} while starting"))
             if await probe():
                 return
             if time.monotonic() >= deadline:
-                raise ProcessStartError(f"{self.name} was not {what} within {timeout:g}s:\n{self.log_tail()}")
+                raise ProcessStartError(self.failure(f"{self.name} was not {what} within {timeout:g}s"))
             await asyncio.sleep(interval)
+
+    def failure(self, what: str) -> str:
+        """``what`` went wrong, followed by the last lines of this run's log."""
+        return f"{what}\n--- {self.name} log tail ---\n{self.log_tail()}"
+
+    async def wait(self) -> int:
+        """Wait until the process exits (it must have been started); its exit status."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return await self.process.wait()
 
     async def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it; reap.  Idempotent.

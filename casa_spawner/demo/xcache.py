@@ -22,27 +22,26 @@ import base64
 import os
 import pwd
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
-from jupyterhub.utils import exponential_backoff
+from jupyterhub.utils import random_port
 from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.files import atomic_write
-from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.errors import ConfigurationError
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
 
-from jupyterhub.utils import random_port
+from ..processes import ChildProcess, ProcessStartError
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"
 DEMO_DATA = b"Hello from the casa demo XCache: this file lives under /store/data.\n"
 
 
-class XCacheStartError(CasaError):
+class XCacheStartError(ProcessStartError):
     """The XRootD server did not come up; the message ends with the tail of its log."""
 
 
@@ -156,7 +155,7 @@ class XCacheServer(LoggingConfigurable):
     ready_timeout = Float(30.0, config=True, help="Seconds to wait for the server to answer HTTP before giving up.")
 
     run_dir: Path | None = None
-    process: asyncio.subprocess.Process | None = None
+    process: ChildProcess | None = None
 
     @property
     def url(self) -> str:
@@ -179,10 +178,7 @@ class XCacheServer(LoggingConfigurable):
         return None if self.run_dir is None else self.run_dir / "xrootd.log"
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except (AttributeError, OSError):
-            return ""
+        return self.process.log_tail(lines) if self.process is not None else ""
 
     def _prepare_run_dir(self) -> list[str]:
         """Lay out the private run directory; return the command line (blocking: run in a thread)."""
@@ -239,31 +235,24 @@ class XCacheServer(LoggingConfigurable):
         """Start ``xrootd`` and return once it answers HTTP; on failure nothing is left behind."""
         if self.process is not None:
             raise RuntimeError("the XCache server is already started")
+        proc = None
         try:
             cmd = await asyncio.to_thread(self._prepare_run_dir)
-            with open(self.log_path, "wb") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                    cwd=str(self.run_dir), start_new_session=True,
-                )
+            proc = ChildProcess("xrootd", cmd, log_path=self.log_path, cwd=self.run_dir)
+            await proc.start()
+            self.process = proc  # once it has a pid
             self.log.info("XCache stand-in (xrootd pid %s) starting on port %s", self.process.pid, self.port)
-            await exponential_backoff(
-                self._answers_http,
-                f"xrootd did not answer HTTP on port {self.port} within {self.ready_timeout:.0f}s",
-                timeout=self.ready_timeout,
-                max_wait=1,
-            )
-        except (asyncio.TimeoutError, XCacheStartError) as e:
-            tail = self.log_tail()
+            await self.process.wait_ready(self._answers_http, self.ready_timeout, interval=0.2,
+                                          what=f"answering HTTP on port {self.port}")
+        except ProcessStartError as e:
             await self.stop()
-            raise XCacheStartError(f"{e}\n--- xrootd log tail ---\n{tail}") from None
+            raise XCacheStartError(str(e)) from None
         except BaseException:  # cancelled (Ctrl-C while starting) or anything else: leave nothing
+            self.process = proc
             await self.stop()
             raise
 
     async def _answers_http(self) -> bool:
-        if self.process.returncode is not None:
-            raise XCacheStartError(f"xrootd exited with status {self.process.returncode} during startup")
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
         except (OSError, asyncio.TimeoutError):
@@ -281,18 +270,8 @@ class XCacheServer(LoggingConfigurable):
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and delete its run directory.  Idempotent."""
         proc, self.process = self.process, None
-        if proc is not None and proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                    break
-                except asyncio.TimeoutError:
-                    continue
         if proc is not None:
+            await proc.stop(timeout)
             self.log.info("XCache stand-in stopped")
         run_dir, self.run_dir = self.run_dir, None
         if run_dir is not None:
