@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from distributed import Client
+from jupyterhub.utils import random_port
 
 from casa_hub import bundle as b
 from casa_hub.facility import Facility
@@ -32,7 +33,6 @@ from casa_hub.plan import plan_session
 from casa_session.cluster import SchedulerConnection
 from casa_spawner.demo.traefik import TraefikProcess
 from casa_spawner.local.routes import write_route_file
-from jupyterhub.utils import random_port
 
 USER = "alice"
 

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from jupyterhub.utils import random_port
+
 from tests.condor_pool import TRUST_DOMAIN, PoolThread, worker_python
 from tests.hub_process import HubProcess, start_hub
 

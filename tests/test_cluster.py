@@ -15,10 +15,10 @@ import threading
 import time
 
 import pytest
+from jupyterhub.utils import random_port
 
 from casa_hub.dask_tls import make_session_tls
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
-from jupyterhub.utils import random_port
 from tests.secret_files import write_secret_file
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 from distributed import Client, Scheduler, Worker
 from distributed.security import Security
+from jupyterhub.utils import random_port
 
 from casa_hub.dask_tls import make_session_tls
 from casa_hub.facility import Facility
 from casa_hub.plan import plan_session
-from jupyterhub.utils import random_port
 from tests.secret_files import write_secret_file
 
 

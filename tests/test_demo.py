@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from jupyterhub.utils import random_port
 
 from casa_session.cluster import SchedulerConnection
-from jupyterhub.utils import random_port
 from tests.casa_cli import casa_command, run_casa
 from tests.secret_files import write_secret_file
 from tests.secret_scan import base64_file_forms

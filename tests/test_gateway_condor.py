@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from jupyterhub.utils import random_port
 
 from casa_condor.output import (
     COMPLETED,
@@ -27,7 +28,6 @@ from casa_condor.output import (
     parse_submit_output,
 )
 from casa_condor.schedd import CondorTools, UserSchedd
-from jupyterhub.utils import random_port
 
 from tests.gateway_process import hold_jobs, wait_until
 

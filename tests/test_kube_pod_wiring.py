@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from jupyterhub.utils import random_port
 
 from casa_hub.plan import plan_session
 from casa_spawner.kube import objects as ko
-from jupyterhub.utils import random_port
 
 pytestmark = pytest.mark.e2e  # a real Dask scheduler and the credential sidecar
 

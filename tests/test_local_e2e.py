@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from jupyterhub.utils import random_port
 
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
 from casa_spawner.demo.traefik import TraefikProcess
-from jupyterhub.utils import random_port
 from casa_spawner.demo.xcache import ensure_macaroon_secret
 from tests.hub_process import start_hub
 from tests.xrootd_server import start_xrootd

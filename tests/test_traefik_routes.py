@@ -14,13 +14,13 @@ import time
 
 import pytest
 import yaml
+from jupyterhub.utils import random_port
 
 from casa_hub.dask_tls import make_session_tls
 from casa_hub.errors import ConfigurationError
 from casa_hub.plan import TCPRoute
 from casa_spawner.demo.traefik import PortInUseError, TraefikError, TraefikProcess, static_config
 from casa_spawner.local.routes import remove_route_file, route_config, route_file_name, write_route_file
-from jupyterhub.utils import random_port
 
 HOST = "alice.dask.casa.test"
 ROUTE = TCPRoute(name="casa-dask-alice", host=HOST, entry_point="dask", port=8786)

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyterhub.utils import random_port
+
 from casa_spawner.demo.xcache import xrootd_config
 
 __all__ = ["XRootDServer", "XRootDStartError", "start_xrootd", "xrootd_config"]

@@ -34,10 +34,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jupyterhub.utils import random_port
+
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.names import user_names, validate_domain
 
-from jupyterhub.utils import random_port
 
 from ..processes import port_is_free
 from .traefik import PortInUseError, TraefikProcess, traefik_binary

@@ -22,11 +22,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from jupyterhub.utils import random_port
+
 from casa_hub.condor_token import check_trust_domain
 from casa_hub.errors import ConfigurationError
 from casa_hub.secrets import read_secret_file
 
-from jupyterhub.utils import random_port
 from ..processes import ChildProcess, ProcessStartError
 
 LOCAL_SUBDIRS = ("log", "spool", "execute", "lock", "run", "passwords.d", "tokens.d")

@@ -17,11 +17,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from jupyterhub.utils import random_port
 import yaml
 
 from casa_hub.errors import CasaError, ConfigurationError
 
-from jupyterhub.utils import random_port
 
 from ..processes import port_is_free, tcp_accepts
 

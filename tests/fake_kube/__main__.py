@@ -7,9 +7,9 @@ import asyncio
 import signal
 
 from aiohttp import web
+from jupyterhub.utils import random_port
 
 from .server import FakeKubeApp
-from jupyterhub.utils import random_port
 
 
 async def serve(args) -> None:

@@ -12,11 +12,11 @@ import copy
 import threading
 
 from aiohttp import web
+from jupyterhub.utils import random_port
 
 from .faults import Fault
 from .server import FakeKubeApp, Request
 from .store import KINDS
-from jupyterhub.utils import random_port
 
 
 class FakeKube:
