@@ -113,25 +113,30 @@ class ChildProcess:
             raise RuntimeError(f"{self.name} was never started")
         return await self.process.wait()
 
-    async def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it; reap.  Idempotent.
-
-        Returns the exit status (None if it was never started)."""
+    async def stop(self, timeout: float = 10.0, *, term_group: bool = True) -> int | None:
+        """SIGTERM the process group (only its leader if not ``term_group``: a process that stops
+        its own children, like JupyterHub), wait up to ``timeout``, then SIGKILL the group; reap.
+        Idempotent.  Returns the exit status (None if it was never started)."""
         proc = self.process
         if proc is None:
             return None
         if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            if term_group:
+                signal_group(proc.pid, signal.SIGTERM)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
         # whatever the leader left in its group goes too (start_new_session: the group is its own)
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         return await proc.wait()
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pid`` leads; one already gone is not an error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 

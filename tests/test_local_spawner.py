@@ -25,6 +25,7 @@ from jupyterhub.objects import Hub
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_spawner.local import CasaLocalSpawner
+from casa_spawner.processes import ProcessStartError
 from casa_spawner.demo.xcache import ensure_macaroon_secret
 from tests.fake_hub import FakeUser
 
@@ -260,7 +261,7 @@ async def test_a_bad_secret_file_fails_the_start_cleanly(make_spawner, tmp_path)
 async def test_a_scheduler_that_cannot_start_fails_the_start_cleanly(make_spawner, tmp_path):
     spawner = make_spawner()
     spawner.scheduler_host = "192.0.2.1"  # not an address of this machine: the scheduler cannot bind
-    with pytest.raises(RuntimeError, match="Dask scheduler exited"):
+    with pytest.raises(ProcessStartError, match="Dask scheduler exited"):
         await spawner.start()
     assert leftovers(tmp_path) == []
     assert spawner.scheduler_pid == 0 and not spawner.pid
@@ -301,7 +302,7 @@ async def test_stopping_an_unkillable_scheduler_after_a_restart_is_bounded(make_
     signals = []
     monkeypatch.setattr("casa_spawner.local.spawner._is_our_process", lambda pid, d: True)
     monkeypatch.setattr("casa_spawner.local.spawner._pid_exists", lambda pid: True)
-    monkeypatch.setattr("casa_spawner.local.spawner._killpg", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr("casa_spawner.local.spawner.signal_group", lambda pid, sig: signals.append(sig))
     await asyncio.wait_for(spawner._stop_scheduler(), 10)
     assert signals == [signal.SIGTERM, signal.SIGKILL]
     assert spawner.scheduler_pid == 0 and "did not die on SIGKILL" in caplog.text

@@ -40,7 +40,7 @@ from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.names import user_names, validate_domain
 
 
-from ..processes import port_is_free
+from ..processes import ChildProcess, ProcessStartError, port_is_free
 from .traefik import PortInUseError, TraefikProcess, traefik_binary
 from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
 
@@ -188,7 +188,7 @@ def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
 class Demo:
     settings: DemoSettings
     out: object = field(default=sys.stdout)
-    hub: asyncio.subprocess.Process | None = None
+    hub: ChildProcess | None = None
     traefik: TraefikProcess | None = None
     xcache: XCacheServer | None = None
     _lock_fd: int | None = None
@@ -261,12 +261,9 @@ class Demo:
 
         env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host)}
         env["PATH"] = os.pathsep.join([str(Path(traefik_binary()).parent), sysconfig.get_path("scripts"), env.get("PATH", "")])
-        with open(s.logs_dir / "jupyterhub.log", "ab") as log:
-            self.hub = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "jupyterhub", "-f", str(s.config_file),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                cwd=str(s.state_dir), env=env, start_new_session=True,
-            )
+        self.hub = ChildProcess("JupyterHub", [sys.executable, "-m", "jupyterhub", "-f", str(s.config_file)],
+                                log_path=s.logs_dir / "jupyterhub.log", env=env, cwd=s.state_dir)
+        await self.hub.start()
         await self._wait_for_login_page()
 
     def _check_ports(self) -> None:
@@ -303,17 +300,14 @@ class Demo:
 
     async def _wait_for_login_page(self) -> None:
         url = self.settings.public_url + "hub/login"
-        deadline = time.monotonic() + self.settings.start_timeout
-        while True:
-            if self.hub.returncode is not None:
-                raise DemoError(
-                    f"JupyterHub exited with status {self.hub.returncode} while starting:\n{_tail(self.settings.logs_dir / 'jupyterhub.log')}"
-                )
-            if await asyncio.to_thread(_status, url) == 200:
-                return
-            if time.monotonic() > deadline:
-                raise DemoError(f"JupyterHub did not answer {url} within {self.settings.start_timeout:.0f}s; see {self.settings.logs_dir}/jupyterhub.log")
-            await asyncio.sleep(0.5)
+
+        async def login_page() -> bool:
+            return await asyncio.to_thread(_status, url) == 200
+
+        try:
+            await self.hub.wait_ready(login_page, self.settings.start_timeout, interval=0.5, what=f"answering {url}")
+        except ProcessStartError as e:
+            raise DemoError(f"{e}\n(the whole log: {self.settings.logs_dir}/jupyterhub.log)") from None
 
     async def _first_exit(self) -> tuple[str, int]:
         waits = {asyncio.ensure_future(self.hub.wait()): "JupyterHub", asyncio.ensure_future(self.traefik.process.wait()): "Traefik"}
@@ -330,8 +324,8 @@ class Demo:
     async def stop(self) -> None:
         """Stop the hub (it stops the sessions and its proxy), Traefik, XCache; end any orphan.  Idempotent."""
         hub, self.hub = self.hub, None
-        if hub is not None:
-            await _terminate(hub, HUB_STOP_TIMEOUT)
+        if hub is not None:  # the hub stops its sessions and its proxy itself: SIGTERM to it alone
+            await hub.stop(HUB_STOP_TIMEOUT, term_group=False)
         traefik, self.traefik = self.traefik, None
         if traefik is not None:
             await traefik.stop()
@@ -359,27 +353,6 @@ def _status(url: str) -> int | None:
         return e.code
     except OSError:
         return None
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-async def _terminate(proc: asyncio.subprocess.Process, timeout: float) -> None:
-    """SIGTERM the process (it cleans up after itself), then SIGKILL its whole group."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group is the child's own
-    await proc.wait()
 
 
 PR_SET_CHILD_SUBREAPER = 36

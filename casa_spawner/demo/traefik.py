@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,18 +19,17 @@ from pathlib import Path
 from jupyterhub.utils import random_port
 import yaml
 
-from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.errors import ConfigurationError
 
 
-from ..processes import port_is_free, tcp_accepts
+from ..processes import ChildProcess, ProcessStartError, port_is_free, tcp_accepts
 
 log = logging.getLogger("casa.traefik")
 
 PING_ENTRY_POINT = "ping"
-LOG_TAIL_LINES = 30
 
 
-class TraefikError(CasaError):
+class TraefikError(ProcessStartError):
     """Traefik could not be started (binary missing, port taken, bad configuration)."""
 
 
@@ -116,8 +114,7 @@ class TraefikProcess:
         self.log_level = log_level
         self.config_path = self.workdir / "traefik.yml"
         self.log_path = self.workdir / "traefik.log"
-        self.process: asyncio.subprocess.Process | None = None
-        self._log_start = 0  #: where this run's lines begin in the (appended) log
+        self.process: ChildProcess | None = None
 
     def _address(self, port: int) -> str:
         return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
@@ -139,13 +136,7 @@ class TraefikProcess:
 
     def log_tail(self) -> str:
         """The last lines this run wrote (the log keeps earlier runs' lines above them)."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(self._log_start)
-                lines = fh.read().decode(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-LOG_TAIL_LINES:])
+        return self.process.log_tail() if self.process is not None else ""
 
     async def start(self, timeout: float = 30.0) -> None:
         binary = self.binary or traefik_binary()
@@ -163,51 +154,32 @@ class TraefikProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        with open(self.log_path, "ab") as logfile:
-            self._log_start = logfile.seek(0, os.SEEK_END)
-            self.process = await asyncio.create_subprocess_exec(
-                binary, f"--configFile={self.config_path}",
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        log.info("Started Traefik (pid %s): dask entry point on %s", self.process.pid, self._address(self.dask_port))
+        process = self.process = ChildProcess("Traefik", [binary, f"--configFile={self.config_path}"], log_path=self.log_path)
         try:
-            await self._wait_ready(timeout)
+            await process.start()
+            log.info("Started Traefik (pid %s): dask entry point on %s", process.pid, self._address(self.dask_port))
+            await process.wait_ready(self._answers, timeout, what=f"answering on http://127.0.0.1:{self.ping_port}/ping")
+        except ProcessStartError as e:
+            tail = self.log_tail()
+            await self.stop()
+            if "address already in use" in tail:
+                raise PortInUseError(f"Traefik could not bind a port (already in use):\n{tail}") from None
+            raise TraefikError(str(e)) from None
         except BaseException:
             await self.stop()
             raise
 
-    async def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def _answers(self) -> bool:
+        """Ready: ``/ping`` answers and the dask entry point accepts connections."""
         ping_url = f"http://127.0.0.1:{self.ping_port}/ping"
-        while True:
-            if self.process.returncode is not None:
-                tail = self.log_tail()
-                if "address already in use" in tail:
-                    raise PortInUseError(f"Traefik could not bind a port (already in use):\n{tail}")
-                raise TraefikError(f"Traefik exited with status {self.process.returncode} while starting:\n{tail}")
-            if await asyncio.to_thread(_http_ok, ping_url) and await tcp_accepts(self._probe_host, self.dask_port):
-                return
-            if time.monotonic() >= deadline:
-                raise TraefikError(f"Traefik did not answer on {ping_url} within {timeout:.0f}s:\n{self.log_tail()}")
-            await asyncio.sleep(0.1)
+        return await asyncio.to_thread(_http_ok, ping_url) and await tcp_accepts(self._probe_host, self.dask_port)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Terminate Traefik (SIGTERM, then SIGKILL) and reap it.  Idempotent."""
-        proc, self.process = self.process, None
-        if proc is None or proc.returncode is not None:
-            if proc is not None:
-                await proc.wait()
-            return
-        try:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-        except ProcessLookupError:
-            await proc.wait()
-        log.info("Stopped Traefik")
+        process, self.process = self.process, None
+        if process is not None:
+            await process.stop(timeout)
+            log.info("Stopped Traefik")
 
     async def __aenter__(self) -> "TraefikProcess":
         await self.start()

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
@@ -34,7 +35,7 @@ from casa_hub.plan import SessionPlan
 
 from ..session import SessionCore
 
-from ..processes import tcp_accepts
+from ..processes import ChildProcess, signal_group, tcp_accepts
 from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
@@ -93,7 +94,7 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
     # -- session state --------------------------------------------------------
 
     def _reset_session(self):
-        self.scheduler_proc: asyncio.subprocess.Process | None = None
+        self.scheduler_proc: ChildProcess | None = None
         self.scheduler_pid = 0
         self.scheduler_port = 0
         self.session_dir = ""
@@ -197,20 +198,16 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
         cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host, dashboard_host="127.0.0.1")
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH") if k in os.environ}
         env["HOME"] = self.session_dir
-        log_path = os.path.join(self.session_dir, "scheduler.log")
-        with open(log_path, "ab") as logfile:
-            self.scheduler_proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                env=env, cwd=self.session_dir, start_new_session=True,
-            )
+        self.scheduler_proc = ChildProcess(
+            "Dask scheduler", cmd, log_path=os.path.join(self.session_dir, "scheduler.log"), env=env, cwd=self.session_dir,
+        )
+        await self.scheduler_proc.start()
         self.scheduler_pid = self.scheduler_proc.pid
-        deadline = time.monotonic() + self.scheduler_start_timeout
-        while not await tcp_accepts("127.0.0.1" if self.scheduler_host in ("", "0.0.0.0") else self.scheduler_host, plan.scheduler.port):
-            if self.scheduler_proc.returncode is not None:
-                raise RuntimeError(f"Dask scheduler exited with status {self.scheduler_proc.returncode}: {_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Dask scheduler did not listen on port {plan.scheduler.port} within {self.scheduler_start_timeout:.0f}s")
-            await asyncio.sleep(0.2)
+        host = "127.0.0.1" if self.scheduler_host in ("", "0.0.0.0") else self.scheduler_host
+        await self.scheduler_proc.wait_ready(
+            partial(tcp_accepts, host, plan.scheduler.port), self.scheduler_start_timeout, interval=0.2,
+            what=f"listening on port {plan.scheduler.port}",
+        )
 
     def _scheduler_alive(self) -> bool:
         if self.scheduler_proc is not None:
@@ -266,19 +263,11 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
     async def _stop_scheduler(self) -> None:
         proc, pid = self.scheduler_proc, self.scheduler_pid
         if proc is not None:
-            if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), self.scheduler_stop_timeout)
-                except asyncio.TimeoutError:
-                    _killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-            else:
-                await proc.wait()
+            await proc.stop(self.scheduler_stop_timeout)
         elif pid and _is_our_process(pid, self.scheduler_dir):
             # after a hub restart: not our child any more, so watch the pid go (bounded)
             for sig in (signal.SIGTERM, signal.SIGKILL):
-                _killpg(pid, sig)
+                signal_group(pid, sig)  # start_new_session: the scheduler leads its own group
                 deadline = time.monotonic() + self.scheduler_stop_timeout
                 while _pid_exists(pid) and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
@@ -290,13 +279,6 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # start_new_session: the scheduler leads its own group
-    except ProcessLookupError:
-        pass
 
 
 def _pid_exists(pid: int) -> bool:
@@ -322,13 +304,6 @@ def _is_our_process(pid: int, scheduler_dir: str) -> bool:
     except FileNotFoundError:
         return False
     return any(arg.decode(errors="replace").startswith(scheduler_dir + os.sep) for arg in cmdline)
-
-
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 def _bundle_from_disk(credentials_dir: str, scheduler_dir: str, metas: list[dict]) -> CredentialBundle | None:
