@@ -120,6 +120,34 @@ async def test_casa_spawner_starts_polls_and_stops_alice_and_bob(kube, facility)
     assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
 
 
+@pytest.mark.parametrize("section", ["KubeSpawner", "CasaKubeSpawner"])
+async def test_no_after_pod_created_hook_is_valid_and_the_session_still_gets_its_objects(kube, facility, section):
+    """``c.KubeSpawner.after_pod_created_hook = None`` is valid upstream; it switches nothing of the session off."""
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg[section].after_pod_created_hook = None
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, config=cfg)
+    assert spawner.after_pod_created_hook is None
+    await asyncio.wait_for(spawner.start(), 60)
+    assert all(casa_objects(kube, "alice").values())
+    await asyncio.wait_for(spawner.stop(), 30)
+
+
+async def test_an_operators_after_pod_created_hook_runs_once_the_sessions_objects_exist(kube, facility):
+    seen = []
+
+    async def operator_hook(spawner, pod):
+        seen.append((pod["metadata"]["uid"], casa_objects(kube, "alice")))
+
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, after_pod_created_hook=operator_hook)
+    await asyncio.wait_for(spawner.start(), 60)
+    ((uid, objects),) = seen
+    assert uid == kube.get("pods", "default", spawner.pod_name)["metadata"]["uid"]
+    assert len(objects["secrets"]) == 2 and objects["services"] and objects[ROUTES]
+    await asyncio.wait_for(spawner.stop(), 30)
+
+
 async def test_casa_restart_replaces_leftovers_of_a_crashed_hub(kube, facility):
     """Objects of an earlier session (same names, owner long gone) are taken over, not a 409 failure."""
     kube.set_garbage_collection(False)

@@ -33,7 +33,8 @@ RETRIABLE = {429, 500, 502, 503, 504}
 RAW = {"_preload_content": False}
 
 
-async def _answer(call) -> None:
+async def raw_answer(call) -> bytes:
+    """The body of a raw (``_preload_content=False``) call; a non-2xx answer raises ApiException as the client would."""
     response = await call
     try:
         body = await response.read()
@@ -41,6 +42,7 @@ async def _answer(call) -> None:
         response.release()
     if not 200 <= response.status <= 299:
         raise ApiException(status=response.status, reason=f"{response.reason}: {body[:200].decode(errors='replace')}")
+    return body
 
 
 class CasaKubeError(RuntimeError):
@@ -111,7 +113,7 @@ class SessionObjectsApi:
 
     async def _request(self, call) -> None:
         """Await one raw call; a non-2xx answer raises ApiException as the client would."""
-        await asyncio.wait_for(_answer(call), self.request_timeout)
+        await asyncio.wait_for(raw_answer(call), self.request_timeout)
 
     async def _retrying(self, attempt, message: str) -> None:
         await exponential_backoff(attempt, f"{message} in {self.retry_timeout} seconds", timeout=self.retry_timeout)
@@ -173,6 +175,18 @@ class SessionObjectsApi:
         """Create ``obj``, or replace the one already there (409)."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         await self._retrying(partial(self._ensure_attempt, obj), f"Could not create {kind} {name}")
+
+    async def ensure_all(self, objects: list[dict]) -> None:
+        """:meth:`ensure` every object, all at once (none depends on another: each is owned by the
+        pod, which waits for its Secrets); if any fails, the others are still finished, then the
+        first failure is raised."""
+        results = await asyncio.gather(*(self.ensure(obj) for obj in objects), return_exceptions=True)
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def patch_secret_data(self, name: str, data: dict[str, str]) -> None:
         """Merge base64 ``data`` keys into Secret ``name`` (its other keys stay)."""

@@ -3,18 +3,20 @@
 Lifecycle (KubeSpawner's own steps in brackets):
 
 1. ``run_auth_state_hook``: remember the IdP access token (``auth_state["access_token"]``).
-2. ``start``: issue the credential bundle (in a thread) and plan the session, then
-   [KubeSpawner ``_start``: ``get_pod_manifest`` -> create the pod -> wait for its uid].
+2. ``start``: refuse a named server, issue the credential bundle (in a thread) and plan
+   the session (``casa_spawner.session.SessionCore``), then
+   [KubeSpawner ``_start``: ``get_pod_manifest`` -> create the pod].
 3. ``get_pod_manifest``: KubeSpawner's pod + the scheduler and credential-sync
    sidecars, the credsync init container, the Secret volumes and the emptyDir;
    ``get_env`` adds the notebook's Dask/HTCondor/XCache environment.
-4. ``after_pod_created_hook`` (KubeSpawner's documented slot, called once the pod has
-   a uid; on failure KubeSpawner calls ``stop(now=True)``): create the two Secrets,
-   the Service and the IngressRouteTCP, each with an ownerReference to the pod.  An
-   existing object (409, e.g. left by a crashed hub) is replaced, so its
+4. ``_make_create_pod_request`` (KubeSpawner's pod-creation step): once the API answers
+   with the pod's uid, create the two Secrets, the Service and the IngressRouteTCP, all
+   at once, each with an ownerReference to the pod; on failure stop (``stop(now=True)``)
+   and raise.  An existing object (409, e.g. left by a crashed hub) is replaced, so its
    ownerReference moves to the new pod.  The pod's init container waits for the
    Secret, so the notebook starts with its files in place.
-   [wait for the pod to be Running and ready: the scheduler's readiness probe included]
+   [the operator's ``after_pod_created_hook`` if set; wait for the pod to be Running and
+   ready: the scheduler's readiness probe included]
 5. ``poll``: [KubeSpawner's check]; while running, re-issue credentials past 2/3 of
    their life and patch the Secret (the sync sidecar follows the kubelet's update).
 6. ``stop``: [delete the pod]; then delete every extra object, each on its own and all
@@ -35,16 +37,18 @@ which also holds the retry pattern; the fake API in tests/fake_kube answers them
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import json
 
 import aiohttp
-from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from kubespawner.utils import get_k8s_model
 from kubernetes_asyncio.client.models import V1Container, V1Volume, V1VolumeMount
-from traitlets import Dict, Float, Int, List, Unicode, default, observe, validate
+from kubernetes_asyncio.client.rest import ApiException
+from traitlets import Dict, Float, Int, List, Unicode, validate
 
 from casa_hub import bundle as b
 from casa_hub.bundle import CredentialBundle, CredentialFile
@@ -52,30 +56,11 @@ from casa_hub.plan import SessionPlan
 
 from ..session import NamedServerError, SessionCore
 from . import objects as ko
-from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
+from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi, raw_answer
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
 
 __all__ = ["CasaKubeSpawner", "CasaKubeError", "NamedServerError", "SessionObjectError", "SessionCleanupError"]
-
-
-async def _run_casa_after_pod_created(spawner, pod):
-    await spawner.create_session_objects(pod)
-
-
-def _with_session_objects(hook):
-    """The session's objects first, then the operator's ``hook(spawner, pod)`` if any."""
-    if hook is None:
-        return _run_casa_after_pod_created
-    if hook is _run_casa_after_pod_created or hasattr(hook, "casa_operator_hook"):
-        return hook
-
-    async def casa_then_operator_hook(spawner, pod):
-        await spawner.create_session_objects(pod)
-        await maybe_future(hook(spawner, pod))
-
-    casa_then_operator_hook.casa_operator_hook = hook
-    return casa_then_operator_hook
 
 
 class CasaKubeSpawner(SessionCore, KubeSpawner):
@@ -161,28 +146,6 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
             raise ValueError("CasaKubeSpawner.credsync_interval must be within (0, 300] seconds")
         return proposal["value"]
 
-    # KubeSpawner's documented slot once the pod exists (its trait, extended here, not redeclared):
-    # the session's objects are created there, and an operator's own hook runs after them.
-    # traitlets validates neither None nor an unchanged default, so None is mapped in two more places.
-
-    @default("after_pod_created_hook")
-    def _default_after_pod_created_hook(self):
-        return _run_casa_after_pod_created
-
-    @validate("after_pod_created_hook")
-    def _keep_session_objects_hook(self, proposal):
-        return _with_session_objects(proposal["value"])
-
-    @observe("after_pod_created_hook")
-    def _none_keeps_session_objects_hook(self, change):
-        if change["new"] is None:
-            self.after_pod_created_hook = _run_casa_after_pod_created
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.after_pod_created_hook is None:  # c.KubeSpawner.after_pod_created_hook = None, as upstream allows
-            self.after_pod_created_hook = _run_casa_after_pod_created
-
     _plan: SessionPlan | None = None
 
     # -- names and options ----------------------------------------------------
@@ -265,11 +228,40 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         return [pod, *self.build_session_objects(pod_uid)]
 
     async def create_session_objects(self, pod: dict) -> None:
-        """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``."""
-        api = self.session_api
-        for obj in self.build_session_objects(pod["metadata"]["uid"]):
-            await api.ensure(obj)
-            self.log.info("Created %s %s for %s", obj["kind"], obj["metadata"]["name"], self.user.name)
+        """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``, all at once."""
+        objects = self.build_session_objects(pod["metadata"]["uid"])
+        await self.session_api.ensure_all(objects)
+        self.log.info("Created %s for %s", ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects), self.user.name)
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        """KubeSpawner's pod-creation step (True: created; False: try again, after stopping a pod
+        left by an earlier hub on 409), with the session's objects created as soon as the API
+        answers: their ownerReference needs the pod's uid, read here from the raw answer.
+
+        Upstream's answer is a V1Pod deserialised on the event loop, and its uid is taken from
+        the pod reflector, after a backoff sleep of up to 0.2 s when the watch event has not
+        arrived yet; for 50 concurrent spawns these were the largest extra costs
+        (bench/spawn.py).  ``after_pod_created_hook`` stays the operator's: KubeSpawner calls
+        it after this, the session's objects in place."""
+        self.log.info("Attempting to create pod %s, with timeout %s", pod.metadata.name, request_timeout)
+        try:
+            answer = await asyncio.wait_for(
+                raw_answer(self.api.create_namespaced_pod(self.namespace, pod, _preload_content=False)), request_timeout
+            )
+        except asyncio.TimeoutError:
+            return False
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.log.info("Found existing pod %s, stopping it before creating it again", pod.metadata.name)
+            await self.stop(True)
+            return False
+        try:
+            await self.create_session_objects(json.loads(answer))
+        except Exception:
+            await self.stop(True)  # like KubeSpawner when its own objects fail: no pod without its Secrets
+            raise
+        return True
 
     # -- API clients ------------------------------------------------------------
 
