@@ -269,9 +269,10 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
 
     @property
     def custom_api(self):
-        """CustomObjectsApi for the IngressRouteTCP (shared per event loop, like KubeSpawner's ``api``)."""
+        """CustomObjectsApi for the IngressRouteTCP, on KubeSpawner's own API client (one connection
+        pool and TLS context per event loop, not two)."""
         if self._custom_api is None:
-            self._custom_api = shared_client("CustomObjectsApi")
+            self._custom_api = shared_client("CustomObjectsApi", self.api.api_client)
         return self._custom_api
 
     @custom_api.setter
