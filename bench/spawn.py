@@ -10,7 +10,12 @@ Python's garbage collector in the same window (a full collection of the hub's
 heap that happens to land in a run is a stall no spawner code can avoid).  Then
 the ratio Casa / plain.
 
-    python3 -m bench.spawn [--users 50] [--latency 0.005] [--rounds 2]    (from the repository root)
+Twice, each in a fresh process: with Python's collector as it comes (``--gc default``), and
+with the start-up heap frozen first (``--gc freeze``: what a hub does with
+``c.CasaKubeSpawner.freeze_startup_heap = True``; applied to both flavours, since it is the
+hub's setting, not a spawner's).
+
+    python3 -m bench.spawn [--users 50] [--latency 0.005] [--rounds 2] [--gc both|default|freeze]    (from the repository root)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ os.environ["KUBECONFIG"] = KUBECONFIG  # before kubernetes_asyncio is imported
 
 from kubespawner import KubeSpawner  # noqa: E402
 
+from casa_spawner.heap import freeze_startup_heap  # noqa: E402
 from casa_spawner.kube import CasaKubeSpawner  # noqa: E402
 from tests.facilities import MasterSecrets, new_facility  # noqa: E402
 from tests.fake_kube.spawners import make_spawner, reset_kubespawner  # noqa: E402
@@ -130,7 +136,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--latency", type=float, default=0.005, help="seconds the fake API adds to every request")
     parser.add_argument("--rounds", type=int, default=2, help="runs per flavour (alternating); the best wall time counts")
+    parser.add_argument("--gc", choices=("both", "default", "freeze"), default="both",
+                        help="the collector as it comes, the start-up heap frozen (gc.freeze), or both, each in its own process")
     args = parser.parse_args()
+    if args.gc == "both":
+        for mode in ("default", "freeze"):
+            argv = [a for a in sys.argv[1:] if not a.startswith("--gc")]
+            subprocess.run([sys.executable, "-m", "bench.spawn", *argv, f"--gc={mode}"], cwd=ROOT, check=True)
+            print()
+        return
+    if args.gc == "freeze":
+        freeze_startup_heap()
 
     with tempfile.TemporaryDirectory() as tmp:
         facility = new_facility(tmp, MasterSecrets.fresh())
@@ -151,7 +167,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"{args.users} concurrent spawns, fake API latency {args.latency * 1000:.1f} ms/request, best of {args.rounds}")
+    collector = "start-up heap frozen (gc.freeze)" if args.gc == "freeze" else "collector as it comes"
+    print(f"{args.users} concurrent spawns, fake API latency {args.latency * 1000:.1f} ms/request, best of {args.rounds}, {collector}")
     print("stall = how late a 5 ms ticker on the spawners' event loop woke up (worst over all runs)")
     print("gc pause = the garbage collector's longest pause in the same windows (part of the stalls)")
     print(f"{'':16} {'start wall':>11} {'stop wall':>10} {'req/start':>10} {'req/stop':>9} "

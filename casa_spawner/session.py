@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 
-from traitlets import Instance, default
+from traitlets import Bool, Instance, default
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.auth_state import AccessToken, access_token_from
@@ -25,6 +25,8 @@ from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
+
+from .heap import freeze_soon
 
 
 class NamedServerError(ConfigurationError):
@@ -55,6 +57,23 @@ class SessionCore(LoggingConfigurable):
     @default("facility")
     def _default_facility(self):
         return Facility.instance(config=self.config)
+
+    freeze_startup_heap = Bool(
+        False,
+        config=True,
+        help="""Once per hub process, just after the first spawner is made, collect garbage and
+        ``gc.freeze()`` everything alive: full garbage collections then skip the hub's start-up
+        heap, so they no longer pause every user's requests for tens to hundreds of ms (see
+        ``casa_spawner.heap``; ``python3 -m bench.spawn`` shows both).  Off by default: it is a
+        process-wide choice, and start-up garbage that a collection would have freed stays.
+
+        Example: ``c.CasaKubeSpawner.freeze_startup_heap = True``""",
+    )
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.freeze_startup_heap:
+            freeze_soon(self.log)
 
     #: the session's credentials (files and expiry times), None when there is no session
     bundle: CredentialBundle | None = None
