@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 from kubespawner import KubeSpawner
 
-from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError
+from casa_spawner.kube import CasaKubeSpawner, SessionCleanupError, SessionObjectError
 from tests.fake_kube.spawners import make_spawner
 
 USERS = ("alice", "bob")
@@ -146,6 +146,16 @@ async def test_an_operators_after_pod_created_hook_runs_once_the_sessions_object
     assert uid == kube.get("pods", "default", spawner.pod_name)["metadata"]["uid"]
     assert len(objects["secrets"]) == 2 and objects["services"] and objects[ROUTES]
     await asyncio.wait_for(spawner.stop(), 30)
+
+
+async def test_a_refused_route_fails_the_start_and_leaves_nothing(kube, facility):
+    """The Service and route are created while the pod starts; a refusal there still fails the start, cleanly."""
+    kube.set_garbage_collection(False)  # gone must mean: the spawner deleted it
+    kube.inject(method="POST", path=r"/ingressroutetcps$", status=403)
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    with pytest.raises(SessionObjectError, match="refused IngressRouteTCP casa-dask-alice: 403"):
+        await asyncio.wait_for(spawner.start(), 60)
+    assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
 
 
 async def test_casa_restart_replaces_leftovers_of_a_crashed_hub(kube, facility):

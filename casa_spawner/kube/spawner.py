@@ -185,9 +185,13 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         self._plan = await self.plan_new_session()
         self.bundle = self._plan.bundle
         try:
-            return await super().start()
+            url = await super().start()
+            await self._routing_ready()
+            return url
         except aiohttp.ClientError as e:  # KubeSpawner lets a dropped connection escape as is
             raise CasaKubeError(f"lost the connection to the Kubernetes API while starting pod {self.pod_name}: {e}") from e
+        finally:
+            self._abandon_routing()
 
     def get_env(self):
         env = super().get_env()
@@ -229,9 +233,43 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
 
     async def create_session_objects(self, pod: dict) -> None:
         """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``, all at once."""
-        objects = self.build_session_objects(pod["metadata"]["uid"])
+        await self._ensure(self.build_session_objects(pod["metadata"]["uid"]))
+
+    async def _ensure(self, objects: list[dict]) -> None:
         await self.session_api.ensure_all(objects)
         self.log.info("Created %s for %s", ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects), self.user.name)
+
+    _routing: asyncio.Future | None = None  #: the Service and route, created while the pod starts
+
+    async def _create_for_new_pod(self, pod: dict) -> None:
+        """The Secrets now (the kubelet waits for them); the Service and route meanwhile, awaited
+        once the pod is ready (``start``) -- unless an operator's ``after_pod_created_hook``
+        is to see them all."""
+        objects = self.build_session_objects(pod["metadata"]["uid"])
+        secrets = [o for o in objects if o["kind"] == "Secret"]
+        routing = [o for o in objects if o["kind"] != "Secret"]
+        if self.after_pod_created_hook is not None:
+            await self._ensure(objects)
+            return
+        self._routing = asyncio.ensure_future(self._ensure(routing))
+        await self._ensure(secrets)
+
+    async def _routing_ready(self) -> None:
+        """Wait for the Service and route started in ``_create_for_new_pod``; on failure stop and raise."""
+        routing, self._routing = self._routing, None
+        if routing is None:
+            return
+        try:
+            await routing
+        except Exception:
+            await self.stop(True)
+            raise
+
+    def _abandon_routing(self) -> None:
+        """A start that failed before :meth:`_routing_ready`: no creation goes on behind its back (stop deletes)."""
+        routing, self._routing = self._routing, None
+        if routing is not None and not routing.done():
+            routing.cancel()
 
     async def _make_create_pod_request(self, pod, request_timeout):
         """KubeSpawner's pod-creation step (True: created; False: try again, after stopping a pod
@@ -257,8 +295,9 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
             await self.stop(True)
             return False
         try:
-            await self.create_session_objects(json.loads(answer))
+            await self._create_for_new_pod(json.loads(answer))
         except Exception:
+            self._abandon_routing()
             await self.stop(True)  # like KubeSpawner when its own objects fail: no pod without its Secrets
             raise
         return True
