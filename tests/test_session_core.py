@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -172,3 +174,34 @@ async def test_an_unexpected_renewal_failure_is_logged_with_its_traceback(make, 
         await sp.renew_in_poll()
     assert "Could not renew credentials of alice" in caplog.text and "Traceback" in caplog.text and "TypeError" in caplog.text
     assert sp.db.commits == 0
+
+
+def test_the_start_up_heap_is_frozen_only_when_the_operator_asks_and_once():
+    """``freeze_startup_heap`` is process-wide: checked in a fresh interpreter."""
+    code = """if True:
+        import asyncio, gc
+        from jupyterhub.objects import Hub
+        from casa_hub.facility import Facility
+        from casa_spawner.local import CasaLocalSpawner
+        from tests.fake_hub import FakeUser
+
+        async def main():
+            f = Facility(domain="casa.test")
+            CasaLocalSpawner(user=FakeUser("alice"), hub=Hub(), facility=f)
+            await asyncio.sleep(0)
+            print(gc.get_freeze_count())
+            CasaLocalSpawner(user=FakeUser("bob"), hub=Hub(), facility=f, freeze_startup_heap=True)
+            await asyncio.sleep(0)
+            frozen = gc.get_freeze_count()
+            junk = [[i] for i in range(1000)]
+            CasaLocalSpawner(user=FakeUser("carol"), hub=Hub(), facility=f, freeze_startup_heap=True)
+            await asyncio.sleep(0)
+            print(frozen, gc.get_freeze_count() <= frozen, len(junk))  # frozen objects may die; the junk was not frozen
+
+        asyncio.run(main())
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    before, frozen, once, _ = out.stdout.split()
+    assert before == "0"  # off by default
+    assert int(frozen) > 10_000 and once == "True"  # the hub's modules and objects; a later spawner freezes nothing more
