@@ -308,10 +308,13 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
 
     @property
     def custom_api(self):
-        """CustomObjectsApi for the IngressRouteTCP, on KubeSpawner's own API client (one connection
-        pool and TLS context per event loop, not two)."""
+        """CustomObjectsApi for the IngressRouteTCP, shared per event loop like KubeSpawner's ``api``.
+
+        Its own API client, not ``api``'s: kubernetes_asyncio caps a client at 100 connections, and
+        ``api``'s already carries every pod call and the reflectors' watches (bench/spawn.py: one
+        shared client made 50 concurrent spawns slower, not faster)."""
         if self._custom_api is None:
-            self._custom_api = shared_client("CustomObjectsApi", self.api.api_client)
+            self._custom_api = shared_client("CustomObjectsApi")
         return self._custom_api
 
     @custom_api.setter
