@@ -158,6 +158,18 @@ async def test_a_refused_route_fails_the_start_and_leaves_nothing(kube, facility
     assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
 
 
+async def test_a_pod_that_never_runs_fails_with_kubespawners_timeout_in_bounded_time(kube, facility):
+    """The close watch on the reflector after the Secrets is bounded: KubeSpawner's own wait and message follow."""
+    kube.app.pod_start_delay = 60  # the kubelet never gets to it
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, start_timeout=4)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError, match="did not start in 4 seconds"):
+        await asyncio.wait_for(spawner.start(), 30)
+    assert asyncio.get_running_loop().time() - started < 4 / 2 + 4 + 3  # our watch, KubeSpawner's wait, slack
+    await asyncio.wait_for(spawner.stop(now=True), 30)
+    assert {r: kube.names(r) for r in ("pods",) + EXTRA} == {r: [] for r in ("pods",) + EXTRA}
+
+
 async def test_casa_restart_replaces_leftovers_of_a_crashed_hub(kube, facility):
     """Objects of an earlier session (same names, owner long gone) are taken over, not a 409 failure."""
     kube.set_garbage_collection(False)
