@@ -146,7 +146,11 @@ class WorkerLauncher(abc.ABC):
         self.stop(self.running())
 
     def problems(self) -> list[str]:
-        """Why some launched workers will not come (e.g. a held job and its HoldReason); newest last."""
+        """Why some launched workers cannot come now (e.g. a held job and its HoldReason)."""
+        return []
+
+    def history(self) -> list[str]:
+        """What happened to workers that are gone without being stopped (e.g. a job that left the queue); newest last."""
         return []
 
     def describe(self) -> list[tuple[str, str, str]]:
@@ -311,15 +315,15 @@ class CasaCluster:
         import dask.config
 
         timeout = float(timeout if timeout is not None else dask.config.get("jobqueue.casa.worker-start-timeout", 600))
-        known = set(self.launcher.problems())
+        known = set(self.launcher.history())
         deadline = time.monotonic() + timeout
         while True:
             connected = sum(len(a) for a in self._connected().values())
             if connected >= n:
                 return
-            new = [p for p in self.launcher.problems() if p not in known]
-            if new:
-                raise WorkersDidNotStart(f"{connected} of {n} workers connected: " + "; ".join(new))
+            problems = self.launcher.problems() + [e for e in self.launcher.history() if e not in known]
+            if problems:
+                raise WorkersDidNotStart(f"{connected} of {n} workers connected: " + "; ".join(problems))
             if len(self.launcher.running()) < n:
                 raise WorkersDidNotStart(f"only {len(self.launcher.running())} workers were launched: call scale({n}) first")
             if time.monotonic() >= deadline:
@@ -380,7 +384,7 @@ class CasaCluster:
         from html import escape
 
         rows = "".join(f"<tr><td>{escape(n)}</td><td>{escape(j)}</td><td>{escape(s)}</td></tr>" for n, j, s in self.launcher.describe())
-        problems = "".join(f"<li>{escape(p)}</li>" for p in self.launcher.problems())
+        problems = "".join(f"<li>{escape(p)}</li>" for p in self.launcher.problems() + self.launcher.history())
         return (f"<div><strong>CasaCluster</strong> {escape(self.scheduler_address)} &mdash; workers as {escape(self._kind())}"
                 f"<table><tr><th>worker</th><th>job</th><th>state</th></tr>{rows}</table>"
                 + (f"<p>Problems:</p><ul>{problems}</ul>" if problems else "") + "</div>")

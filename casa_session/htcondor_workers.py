@@ -53,6 +53,10 @@ class LoopThread:
     def run(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
     def close(self) -> None:
         if self._loop.is_closed():
             return
@@ -110,6 +114,7 @@ class HTCondorWorkers(WorkerLauncher):
         self._lock = threading.RLock()
         self._jobs: dict[str, str] = {}  #: worker name -> job id, of jobs in the queue (as last seen), oldest first
         self._states: dict[str, JobState] = {}  #: job id -> its state in the queue
+        self._descriptions: dict[str, str] = {}
         self._refreshed = 0.0
         self._reported: set[str] = set()
         self.events: deque[str] = deque(maxlen=20)  #: what went wrong with jobs, newest last (shown in repr)
@@ -118,10 +123,11 @@ class HTCondorWorkers(WorkerLauncher):
     def identity(self) -> str:
         return self.schedd.identity
 
-    def _report(self, key: str, message: str) -> None:
+    def _report(self, key: str, message: str, remember: bool = True) -> None:
         if key not in self._reported:
             self._reported.add(key)
-            self.events.append(message)
+            if remember:
+                self.events.append(message)
             log.warning("%s", message)
 
     # -- WorkerLauncher ----------------------------------------------------------
@@ -142,6 +148,7 @@ class HTCondorWorkers(WorkerLauncher):
                     errors.append(result)
                 else:
                     self._jobs[job.name] = result
+                    self._descriptions[job.name] = job.description
                     log.info("worker %s is HTCondor job %s of %s", job.name, result, self.identity)
         if errors:
             raise errors[0]
@@ -172,7 +179,11 @@ class HTCondorWorkers(WorkerLauncher):
 
     def close(self) -> None:
         """Remove every job this cluster submitted (found by its attributes, not only the ones remembered)."""
+        if self._loop.closed:
+            return  # closed before
         try:
+            if not self._descriptions:
+                return  # nothing was ever submitted: no need to ask the schedd (it may be the problem)
             constraint = f"{attribute_equals(SESSION_ATTR, self.session_id)} && {attribute_equals(CLUSTER_ATTR, self.cluster_name)}"
             self._loop.run(self.schedd.remove(constraint))
             with self._lock:
@@ -197,15 +208,23 @@ class HTCondorWorkers(WorkerLauncher):
                     why = self._loop.run(self.schedd.why_not_running(job_id, f"worker {name}", None))
                     self._report(job_id + "/left", why)
                 elif state.status == HELD and not state.spooling:
-                    self._report(job_id + "/held", f"the worker {name} job {job_id} {state.describe()}")
+                    self._report(job_id + "/held", f"the worker {name} job {job_id} {state.describe()}", remember=False)
 
     def problems(self) -> list[str]:
-        """Why some workers will not come: held jobs (with HoldReason) and jobs that left the queue."""
+        """The jobs held now, each with its HoldReason."""
         self.running()
         with self._lock:
-            held = [f"the worker {n} job {j} {self._states[j].describe()}" for n, j in self._jobs.items()
+            return [f"the worker {n} job {j} {self._states[j].describe()}" for n, j in self._jobs.items()
                     if j in self._states and self._states[j].status == HELD and not self._states[j].spooling]
-        return held + [e for e in self.events if e not in held]
+
+    def history(self) -> list[str]:
+        """Jobs that left the queue, and how they ended (newest last)."""
+        self.running()
+        return list(self.events)
+
+    def job_script(self, name: str) -> str:
+        """The submit description worker ``name`` was submitted with (as dask-jobqueue's ``job_script()``)."""
+        return self._descriptions[name]
 
     def describe(self) -> list[tuple[str, str, str]]:
         """``(worker, job id, state)`` of every job in the queue, for repr."""
