@@ -30,10 +30,12 @@ def ad_attribute_keys(*attributes: str) -> frozenset[str]:
     return frozenset(f"{prefix}{a}".lower() for a in attributes for prefix in ("+", "my."))
 
 
-def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[str], what: str) -> dict[str, str]:
+def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[str], what: str,
+                           owner: str = "casa") -> dict[str, str]:
     """Extra submit commands as ``{key: value}`` strings, refused where they would replace a ``reserved`` one.
 
-    ``what`` names the setting in messages, e.g. ``"jobqueue.casa.job-extra-directives"``.
+    ``what`` names the setting in messages, e.g. ``"jobqueue.casa.job-extra-directives"``; ``owner``
+    who sets the reserved ones (``"the HTCondor backend"``).
     """
     reserved = {k.lower() for k in reserved}
     out = {}
@@ -41,7 +43,7 @@ def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[
         if not isinstance(key, str) or not _SUBMIT_KEY.match(key):
             raise ConfigurationError(f"{what}: {key!r} is not a submit command")
         if key.lower() in reserved:
-            raise ConfigurationError(f"{what}: {key!r} is set by casa itself and cannot be changed")
+            raise ConfigurationError(f"{what}: {key!r} is set by {owner} itself and cannot be changed")
         value = str(value)
         if "\n" in value or "\r" in value:
             raise ConfigurationError(f"{what}: the value of {key!r} spans lines")
