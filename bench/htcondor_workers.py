@@ -121,7 +121,7 @@ def measure_round_trip(site: HTCondorSite, calls: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,4,8", help="numbers of workers, comma-separated")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=200, help="round trips per address (and a tenth as many new connections)")
     parser.add_argument("--time-limit", type=float, default=900, help="seconds before the run ends itself, whatever it is doing")
     args = parser.parse_args()
@@ -153,9 +153,12 @@ def main() -> None:
                   f"({max(sizes) + 1} slots), as {site.identity}", flush=True)
             casa_round(site, 1), jobqueue_round(site, 1)  # warm-up: imports, the pool's first match
             for n in sizes:
-                casa = statistics.median(casa_round(site, n) for _ in range(args.rounds))
-                baseline = statistics.median(jobqueue_round(site, n) for _ in range(args.rounds))
-                print(f"  n={n}: CasaCluster {casa:6.2f} s   HTCondorCluster {baseline:6.2f} s   ratio {casa / baseline:5.2f} x", flush=True)
+                runs = [(casa_round(site, n), jobqueue_round(site, n)) for _ in range(args.rounds)]  # interleaved
+                casa, baseline = [c for c, _ in runs], [b for _, b in runs]
+                ratio = statistics.median(casa) / statistics.median(baseline)
+                print(f"  n={n}: CasaCluster {statistics.median(casa):6.2f} s [{min(casa):.2f}-{max(casa):.2f}]   "
+                      f"HTCondorCluster {statistics.median(baseline):6.2f} s [{min(baseline):.2f}-{max(baseline):.2f}]   "
+                      f"ratio {ratio:5.2f} x", flush=True)
             trips = measure_round_trip(site, args.calls)
         (t_call, t_conn), (d_call, d_conn) = trips["traefik"], trips["direct"]
         print(f"worker -> scheduler round trip: through Traefik {t_call * 1e3:.3f} ms, direct {d_call * 1e3:.3f} ms, "

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from casa_hub.errors import ConfigurationError
 
 _SUBMIT_KEY = re.compile(r"^(\+|MY\.)?[A-Za-z_][A-Za-z0-9_.]*$")
-_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.@:/=+-]{1,256}$")
+#: printable ASCII without spaces, quotes, backslashes or ``$`` (condor_submit expands ``$(...)`` everywhere)
+_PLAIN_VALUE = re.compile(r'^[!#%-\[\]-~]{1,256}$')
 
 #: submit commands that decide what runs, what travels and how: never taken from a user's extra directives
 TRANSFER_KEYS = frozenset(k.lower() for k in (
@@ -67,9 +68,9 @@ def spooled_files(names: Iterable[str]) -> dict[str, str]:
 
 
 def string_literal(value: str, what: str) -> str:
-    """``value`` as a ClassAd string literal, for values that are names (no quotes, no spaces)."""
+    """``value`` as a ClassAd string literal, for values that are names or addresses (no quotes, spaces, ``\\`` or ``$``)."""
     if not _PLAIN_VALUE.match(value or ""):
-        raise ValueError(f"{what} {value!r} cannot be a job attribute (letters, digits and _.@:/=+- only)")
+        raise ValueError(f"{what} {value!r} cannot be a job attribute (printable characters without spaces, quotes, \\ or $)")
     return f'"{value}"'
 
 

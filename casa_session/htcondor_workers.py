@@ -29,7 +29,7 @@ from pathlib import Path
 
 from casa_condor.output import HELD, STATUS_NAMES, CondorError, JobState
 from casa_condor.schedd import CondorTools, UserSchedd
-from casa_condor.submit import attribute_equals, job_ids_constraint
+from casa_condor.submit import attribute_equals, job_ids_constraint, string_literal
 from casa_hub.errors import ConfigurationError
 
 from .cluster import SchedulerConnection, WorkerLauncher
@@ -101,6 +101,10 @@ class HTCondorWorkers(WorkerLauncher):
             self.session_id = f"unnamed-{uuid.uuid4().hex[:12]}"
             log.warning("CASA_SESSION_ID is not set: the session's jobs are tagged %s, and stopping the session "
                         "will not remove them (close() will)", self.session_id)
+        try:
+            string_literal(self.session_id, "CASA_SESSION_ID")
+        except ValueError as e:
+            raise ConfigurationError(f"{e}: the session's jobs could not be tagged with it") from None
         self.cluster_name = cluster_name or f"casa-{uuid.uuid4().hex[:6]}"
         self.bearer_token_file = env.get("BEARER_TOKEN_FILE")
         tools = CondorTools(

@@ -151,7 +151,7 @@ def test_no_master_secret_in_any_ad_description_sandbox_environment_or_log(site,
     assert len(environments) == 2
     assert all(b"BEARER_TOKEN_FILE=" in env for env in environments.values())
     everything = {"job ads": ads.encode(), **{f"description of {n}": d.encode() for n, d in descriptions.items()},
-                  **environments, **_files_under(run_dir / "execute", run_dir / "spool", run_dir / "log")}
+                  **environments, **_files_under(run_dir / "execute", run_dir / "spool", run_dir / "log", site.creds)}
     sandboxes = [p for p in everything if "/execute/" in p and p.endswith("/bearer_token")]
     assert len(sandboxes) == 2 and all(everything[p].strip() == bearer for p in sandboxes)  # it travelled, as a file
     leaks = [f"{label} in {where}" for where, text in everything.items() for label, secret in master.items()
