@@ -215,15 +215,13 @@ class HTCondorWorkers(WorkerLauncher):
                     self._report(job_id + "/held", f"the worker {name} job {job_id} {state.describe()}", remember=False)
 
     def problems(self) -> list[str]:
-        """The jobs held now, each with its HoldReason."""
-        self.running()
+        """The jobs held at the last look at the queue (``running()``), each with its HoldReason."""
         with self._lock:
             return [f"the worker {n} job {j} {self._states[j].describe()}" for n, j in self._jobs.items()
                     if j in self._states and self._states[j].status == HELD and not self._states[j].spooling]
 
     def history(self) -> list[str]:
         """Jobs that left the queue, and how they ended (newest last)."""
-        self.running()
         return list(self.events)
 
     def job_script(self, name: str) -> str:

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import dask.config
+import htcondor2
 import pytest
 
-from casa_condor.output import IdentityRefused, ScheddUnreachable
+from casa_condor.output import CondorError, IdentityRefused, ScheddUnreachable
 from casa_session.cluster import CasaCluster, WorkersDidNotStart
 from casa_session.htcondor_workers import HTCondorWorkers
 from casa_spawner.ports import free_port
@@ -147,6 +148,8 @@ def test_no_master_secret_in_any_ad_description_sandbox_environment_or_log(site,
     ads = condor_pool.tool("condor_q", "-all", "-l", token_dir=condor_pool.token_dir("bob@casa.test")).stdout
     assert ads.count("CasaSession") >= 2 and "EncryptInputFiles" in ads
     descriptions = {name: cluster.launcher.job_script(name) for name in cluster.launcher.running()}
+    for description in descriptions.values():
+        htcondor2.Submit(description)  # what was submitted, HTCondor's own parser accepts too
     environments = _worker_environments(cluster.launcher.cluster_name)
     assert len(environments) == 2
     assert all(b"BEARER_TOKEN_FILE=" in env for env in environments.values())
@@ -219,6 +222,17 @@ def test_a_refused_token_is_the_schedds_message(site, condor_pool, monkeypatch, 
     finally:
         cluster.close()
     assert site.session_jobs() == []
+
+
+def test_a_submission_the_schedd_refuses_is_its_message(session):
+    with dask.config.set({"jobqueue.casa.job-extra-directives": {"requirements": "((("}}):
+        cluster = CasaCluster()
+        refusal = r"could not submit a job as alice@casa.test \(exit status 1\): ERROR: Parse error in expression: / Requirements = \(\(\("
+        with pytest.raises(CondorError, match=refusal) as refused:
+            cluster.scale(1)
+    cluster.close()
+    assert not isinstance(refused.value, (IdentityRefused, ScheddUnreachable))
+    assert session.session_jobs() == []
 
 
 @pytest.mark.parametrize("case", ["no such schedd", "collector down"])
