@@ -81,27 +81,36 @@ def jobqueue_round(site: HTCondorSite, n: int) -> float:
         wait_empty(site, "DaskWorkerName =!= undefined && CasaSession =?= undefined")  # dask-jobqueue's jobs
 
 
-async def round_trips(dask_worker, addresses: dict, calls: int) -> dict:
-    """Inside a worker: (seconds per call on one connection, seconds per new connection) for each address."""
+async def round_trips(dask_worker, addresses: dict, calls: int, blocks: int = 10) -> dict:
+    """Inside a worker: median (seconds per call on one open connection, seconds per new connection) for each
+    address, over ``blocks`` blocks that alternate between the addresses (a busy machine hits both alike)."""
+    import statistics as st
     import time as t
 
     from distributed.comm import connect
     from distributed.core import rpc
 
-    out = {}
-    for label, address in addresses.items():
-        async with rpc(address, connection_args=dask_worker.connection_args) as scheduler:
-            await scheduler.identity()
-            started = t.perf_counter()
-            for _ in range(calls):
-                await scheduler.identity()
-            per_call = (t.perf_counter() - started) / calls
-        started = t.perf_counter()
-        for _ in range(calls // 10):
-            comm = await connect(address, **dask_worker.connection_args)
-            await comm.close()
-        out[label] = (per_call, (t.perf_counter() - started) / (calls // 10))
-    return out
+    per_call = {label: [] for label in addresses}
+    per_connection = {label: [] for label in addresses}
+    rpcs = {label: rpc(address, connection_args=dask_worker.connection_args) for label, address in addresses.items()}
+    try:
+        for r in rpcs.values():
+            await r.identity()
+        for _ in range(blocks):
+            for label, address in addresses.items():
+                started = t.perf_counter()
+                for _ in range(calls // blocks):
+                    await rpcs[label].identity()
+                per_call[label].append((t.perf_counter() - started) / (calls // blocks))
+                started = t.perf_counter()
+                for _ in range(max(1, calls // blocks // 10)):
+                    comm = await connect(address, **dask_worker.connection_args)
+                    await comm.close()
+                per_connection[label].append((t.perf_counter() - started) / max(1, calls // blocks // 10))
+    finally:
+        for r in rpcs.values():
+            await r.close_rpc()
+    return {label: (st.median(per_call[label]), st.median(per_connection[label])) for label in addresses}
 
 
 def measure_round_trip(site: HTCondorSite, calls: int) -> dict:
@@ -122,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,4,8", help="numbers of workers, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=200, help="round trips per address (and a tenth as many new connections)")
+    parser.add_argument("--calls", type=int, default=1000, help="round trips per address (and a tenth as many new connections)")
     parser.add_argument("--time-limit", type=float, default=900, help="seconds before the run ends itself, whatever it is doing")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
