@@ -262,3 +262,22 @@ def test_adapt_replaces_a_worker_whose_job_left_the_queue(session, condor_pool, 
     finally:
         cluster.close()
     wait_until("no job left", lambda: session.session_jobs() == [], timeout=120)
+
+
+def test_the_notebooks_running_event_loop_does_not_get_in_the_way(session):
+    """A Jupyter kernel calls the cluster's synchronous API from a thread whose event loop is running."""
+    import asyncio
+
+    async def notebook_cell():
+        with dask.config.set(UNMATCHABLE):
+            cluster = CasaCluster()
+            try:
+                cluster.scale(1)
+                assert "1 HTCondor jobs of alice@casa.test" in repr(cluster)
+                with pytest.raises(WorkersDidNotStart, match="0 of 1 workers connected after 2s"):
+                    cluster.wait_for_workers(1, timeout=2)
+            finally:
+                cluster.close()
+
+    asyncio.run(notebook_cell())
+    wait_until("the job to be removed", lambda: session.session_jobs() == [], timeout=60)
