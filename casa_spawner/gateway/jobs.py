@@ -116,7 +116,6 @@ class GatewayJob:
 
     def submit_description(self) -> str:
         """The submit description (``condor_submit`` input); every file travels with ``-spool``, encrypted."""
-        files = ", ".join(sorted(self.files))
         tag = self.worker_name or self.cluster_name
         lines = [
             f"universe = {'container' if self.image else 'vanilla'}",
@@ -124,10 +123,7 @@ class GatewayJob:
             "transfer_executable = false",
             f"arguments = {JOB_SCRIPT}",  # a plain file name: nothing to quote
             "getenv = false",
-            "should_transfer_files = YES",
-            "when_to_transfer_output = ON_EXIT",
-            f"transfer_input_files = {files}",
-            f"encrypt_input_files = {files}",
+            *(f"{k} = {v}" for k, v in submit.spooled_files(self.files).items()),
             "leave_in_queue = false",
             f"request_cpus = {int(self.cores)}",
             f"request_memory = {memory_mib(self.memory)}",
