@@ -22,7 +22,7 @@ from casa_hub.plan import plan_session
 from casa_session.htcondor_workers import LoopThread
 from casa_spawner.demo.traefik import TraefikProcess
 from casa_spawner.local.routes import write_route_file
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.condor_pool import TRUST_DOMAIN, PoolThread
 from tests.facilities import MasterSecrets, new_facility
 
@@ -38,11 +38,11 @@ class HTCondorSite:
         self.workdir = Path(workdir)
         self.user = user
         self.master = MasterSecrets(signing_key=pool.signing_key, macaroon_secret=secrets.token_bytes(48))
-        self.traefik_port, self.scheduler_port = free_port(), free_port()
+        self.traefik_port, self.scheduler_port = random_port(), random_port()
         self.facility = new_facility(
             self.workdir / "keys", self.master, domain=DOMAIN, trust_domain=TRUST_DOMAIN,
             collector_host=pool.pool.collector_host, schedd_host=pool.pool.schedd_name,
-            dask_port=self.traefik_port, scheduler_port=self.scheduler_port, dashboard_port=free_port(),
+            dask_port=self.traefik_port, scheduler_port=self.scheduler_port, dashboard_port=random_port(),
         )
         self.plan = plan_session(self.facility, user, self.facility.issue_bundle(user))
         self.creds = self.workdir / "credentials"

@@ -21,7 +21,7 @@ import pytest
 from casa_condor.output import CondorError, IdentityRefused, ScheddUnreachable
 from casa_session.cluster import CasaCluster, WorkersDidNotStart
 from casa_session.htcondor_workers import HTCondorWorkers
-from casa_spawner.ports import free_port
+from jupyterhub.utils import random_port
 from tests.condor_pool import worker_python
 from tests.gateway_process import wait_until
 from tests.htcondor_session import HTCondorSite
@@ -238,7 +238,7 @@ def test_a_submission_the_schedd_refuses_is_its_message(session):
 @pytest.mark.parametrize("case", ["no such schedd", "collector down"])
 def test_an_unreachable_schedd_is_a_message_not_a_hang(site, monkeypatch, case):
     wrong = {"_CONDOR_SCHEDD_HOST": "nobody-here@127.0.0.1"} if case == "no such schedd" else {
-        "_CONDOR_COLLECTOR_HOST": f"127.0.0.1:{free_port()}"}
+        "_CONDOR_COLLECTOR_HOST": f"127.0.0.1:{random_port()}"}
     in_session(monkeypatch, site, **wrong)
     with dask.config.set({"jobqueue.casa.condor-timeout": 20}):
         cluster = CasaCluster()
