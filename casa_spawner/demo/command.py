@@ -2,8 +2,9 @@
 
 It starts, in this order, and stops in reverse on Ctrl-C (SIGINT) or SIGTERM:
 
-1. where ``xrootd`` is installed, the XCache stand-in (:class:`~casa_spawner.demo.xcache.XCacheServer`)
-   with a demo data file and one area per user, checking the hub's macaroons;
+1. where ``xrootd`` is installed, the XCache (:class:`~casa_spawner.demo.xcache.XCacheServer`: an
+   XRootD origin behind XRootD's proxy file cache, over HTTPS) with a demo data file and one area per
+   user holding the demo's ROOT file of events (:mod:`.events`), checking the hub's macaroons;
 2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.demo.traefik.TraefikProcess`), watching
    the directory where ``CasaLocalSpawner`` writes one route file per user;
 3. JupyterHub with the packaged ``casa_spawner/local/jupyterhub_config.py`` (demo users or an OIDC provider,
@@ -39,6 +40,7 @@ from casa_hub.names import user_names, validate_domain
 
 from ..ports import free_port, port_is_free
 from .traefik import PortInUseError, TraefikProcess, traefik_binary
+from .events import EVENTS_NAME, write_events
 from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
 
 DEFAULT_STATE_DIR = "~/.local/share/casa-demo"
@@ -101,6 +103,10 @@ class DemoSettings:
         return self.state_dir / "secrets" / "macaroon-secret"
 
     @property
+    def xcache_ca_file(self) -> Path:
+        return self.state_dir / "xcache-ca.pem"
+
+    @property
     def lock_file(self) -> Path:
         return self.state_dir / "demo.lock"
 
@@ -140,6 +146,7 @@ def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = 
             CASA_LOCAL_MACAROON_SECRET_FILE=str(settings.secret_file),  # a path: the hub reads the file
             CASA_LOCAL_XCACHE_SITE=XCACHE_SITE,
             CASA_LOCAL_XCACHE_HOST=xcache_host,
+            CASA_LOCAL_XCACHE_CA_FILE=str(settings.xcache_ca_file),
         )
     if settings.oidc is not None:
         env.update(
@@ -171,8 +178,9 @@ def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
     ]
     if xcache is not None:
         lines += [
-            f"  XCache:   {xcache.root_url} (HTTP {xcache.url}); open data {DEMO_DATA_PATH},",
-            "            your area /store/user/<user>/ with the token in $BEARER_TOKEN_FILE",
+            f"  XCache:   {xcache.url} (origin {xcache.origin_url}, CA {settings.xcache_ca_file});",
+            f"            open data {DEMO_DATA_PATH}; your area /store/user/<user>/ ({EVENTS_NAME})",
+            "            with the token in $BEARER_TOKEN_FILE",
         ]
     lines += [f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
@@ -239,17 +247,20 @@ class Demo:
         xcache_host = ""
         if s.xcache and shutil.which("xrootd"):
             await asyncio.to_thread(ensure_macaroon_secret, s.secret_file)
+            events = await asyncio.to_thread(write_events, s.state_dir / "data" / EVENTS_NAME)
             self.xcache = XCacheServer(
                 sitename=XCACHE_SITE,
                 secret_file=str(s.secret_file),
                 users=list(s.users),
                 public_paths=["/store/data"],
-                files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users}},
+                files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users},
+                       **{f"/store/user/{u}/{EVENTS_NAME}": events for u in s.users}},
                 ready_timeout=min(60.0, s.start_timeout),
                 log_copy=str(s.logs_dir / "xrootd.log"),
+                ca_copy=str(s.xcache_ca_file),
             )
             await self.xcache.start()
-            xcache_host = self.xcache.root_url
+            xcache_host = self.xcache.url
         elif s.xcache:
             self.say("Note: xrootd is not installed, so no XCache stand-in (Debian: apt install xrootd-server xrootd-server-plugins).")
 
@@ -315,7 +326,7 @@ class Demo:
     async def _first_exit(self) -> tuple[str, int]:
         waits = {asyncio.ensure_future(self.hub.wait()): "JupyterHub", asyncio.ensure_future(self.traefik.process.wait()): "Traefik"}
         if self.xcache is not None and self.xcache.process is not None:
-            waits[asyncio.ensure_future(self.xcache.process.wait())] = "the XCache stand-in (xrootd)"
+            waits[asyncio.ensure_future(self.xcache.wait())] = "the XCache (xrootd)"
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             task = done.pop()
@@ -463,7 +474,8 @@ def settings_from_args(args) -> DemoSettings:
 
 #: what the one-machine facility runs beyond the hub, all in the ``[demo]`` extra: the notebook,
 #: the hub's proxy, the Dask scheduler (distributions -> modules)
-DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed"}
+DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed",
+                "uproot": "uproot", "awkward": "awkward", "matplotlib": "matplotlib"}
 
 
 def missing_demo_parts() -> list[str]:

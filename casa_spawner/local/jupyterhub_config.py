@@ -19,8 +19,9 @@
 # CASA_LOCAL_ROUTES_DIR        directory Traefik's `dask` file provider watches
 # CASA_LOCAL_USERS             demo users, comma-separated (alice,bob); CASA_LOCAL_ADMINS (alice);
 # CASA_LOCAL_DEMO_PASSWORD     their password (empty: any password)
-# CASA_LOCAL_MACAROON_SECRET_FILE, CASA_LOCAL_XCACHE_SITE, CASA_LOCAL_XCACHE_HOST
-#                              the XCache stand-in: hub-issued macaroons for /store/user/<name>/
+# CASA_LOCAL_MACAROON_SECRET_FILE, CASA_LOCAL_XCACHE_SITE, CASA_LOCAL_XCACHE_HOST, _XCACHE_CA_FILE
+#                              the XCache: hub-issued macaroons for /store/user/<name>/, over HTTPS
+#                              verified with the CA in _XCACHE_CA_FILE (given to notebooks as XCACHE_CA_FILE)
 # CASA_LOCAL_OIDC_ISSUER, _CLIENT_ID, _CLIENT_SECRET_FILE, _ALLOWED_GROUPS (comma-separated)
 #                              log in with an OpenID Connect provider instead of the demo users
 
@@ -105,5 +106,7 @@ if env("CASA_LOCAL_MACAROON_SECRET_FILE"):
     # /store/data is open data on the stand-in
     c.Facility.xcache_paths = ["/store/user/{username}"]
     c.Facility.xcache_token_lifetime = 12 * 3600
+    if env("CASA_LOCAL_XCACHE_CA_FILE"):  # the demo's own CA (a site's XCache has a grid certificate)
+        c.Spawner.environment = {"XCACHE_CA_FILE": env("CASA_LOCAL_XCACHE_CA_FILE")}
 
 # site overrides go in config/local/jupyterhub_config.py (after it loads this file) or a second -f file
