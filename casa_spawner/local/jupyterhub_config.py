@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import casa_auth
+import casa_session.page
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
 
@@ -94,6 +95,10 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")  # the hub's own environment
 c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
+# the casa page (/user/<name>/casa/: scheduler address, expiries, the laptop's client bundle), from
+# the package's own Jupyter configuration (an editable install does not put it in <prefix>/etc/jupyter)
+c.Spawner.environment = {"JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR}
+c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR  # the columnar analysis example, in every home
 
 # -- the facility -------------------------------------------------------------
 c.Facility.domain = env("CASA_LOCAL_DOMAIN", "localhost")
@@ -107,6 +112,6 @@ if env("CASA_LOCAL_MACAROON_SECRET_FILE"):
     c.Facility.xcache_paths = ["/store/user/{username}"]
     c.Facility.xcache_token_lifetime = 12 * 3600
     if env("CASA_LOCAL_XCACHE_CA_FILE"):  # the demo's own CA (a site's XCache has a grid certificate)
-        c.Spawner.environment = {"XCACHE_CA_FILE": env("CASA_LOCAL_XCACHE_CA_FILE")}
+        c.Spawner.environment["XCACHE_CA_FILE"] = env("CASA_LOCAL_XCACHE_CA_FILE")
 
 # site overrides go in config/local/jupyterhub_config.py (after it loads this file) or a second -f file

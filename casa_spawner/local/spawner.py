@@ -84,6 +84,13 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         config=True,
         help="""Home directory of the notebook (``{username}``, ``{slug}``); defaults to ``<state_dir>/home/{slug}``.""",
     )
+    home_skeleton = Unicode(
+        "",
+        config=True,
+        help="""A directory whose files are copied into the user's home at each start where the home
+        has no file of that name (like ``/etc/skel``; the user's own edits are kept), e.g. example
+        notebooks.  Example: ``c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR``.""",
+    )
     facility = Instance(
         Facility,
         help="""The facility model (``c.Facility.*``); defaults to the hub's shared ``Facility.instance()``,
@@ -106,6 +113,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         self.scheduler_proc: asyncio.subprocess.Process | None = None
         self.scheduler_pid = 0
         self.scheduler_port = 0
+        self.dashboard_port = 0
         self.session_dir = ""
         self.route_name = ""
         self.bundle: CredentialBundle | None = None
@@ -176,10 +184,13 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         try:
             plan = await self._materialise()
             self.session_env = plan.environment(
-                self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}"
+                self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}",
+                dashboard_url=f"http://127.0.0.1:{self.dashboard_port}/status",  # loopback: this machine's browser
             )
             if self.scheduler_connect_host:
                 self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host
+            if self.home_skeleton:
+                await asyncio.to_thread(_copy_missing, self.home_skeleton, self.home_dir)
             return await super().start()
         except BaseException:
             self.log.warning("Start of %s failed; removing its scheduler, route and credentials", self._log_name)
@@ -200,6 +211,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         scheduler = dataclasses.replace(plan.scheduler, port=port, dashboard_port=dashboard_port)
         plan = dataclasses.replace(plan, scheduler=scheduler)
         self.bundle, self.scheduler_port, self.route_name = bundle, port, plan.route.name
+        self.dashboard_port = dashboard_port
 
         await asyncio.to_thread(make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
@@ -361,6 +373,20 @@ def _is_our_process(pid: int, scheduler_dir: str) -> bool:
     except FileNotFoundError:
         return False
     return any(arg.decode(errors="replace").startswith(scheduler_dir + os.sep) for arg in cmdline)
+
+
+def _copy_missing(skeleton: str, home: str) -> None:
+    """Copy the files of ``skeleton`` into ``home`` where ``home`` has none of that name (blocking)."""
+    src = Path(skeleton)
+    if not src.is_dir():
+        raise ConfigurationError(f"CasaLocalSpawner.home_skeleton {skeleton!r} is not a directory")
+    for path in sorted(src.rglob("*")):
+        target = Path(home, path.relative_to(src))
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def _tail(path: str, lines: int = 20) -> str:
