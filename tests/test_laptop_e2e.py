@@ -32,6 +32,7 @@ import uproot
 
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection
 from tests.casa_cli import casa_command
+from tests.secret_scan import base64_file_forms
 from tests.test_demo import CHROMIUM_ARGS, start_demo, stop_demo, xcache_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -277,3 +278,11 @@ def test_the_bundle_from_the_page_is_the_one_a_download_gets(demo, alice):
     creds = demo.state_dir / "sessions" / "users" / "alice" / "credentials"
     assert zf.read("client.pem") == (creds / "dask" / "client.pem").read_bytes()
     assert not (creds / "dask" / "scheduler.pem").exists()
+    scheduler_key = (demo.state_dir / "sessions" / "users" / "alice" / "scheduler" / "dask" / "scheduler.pem").read_bytes()
+    key_line = scheduler_key.split(b"-----BEGIN PRIVATE KEY-----")[1].split()[0]
+    everything = b"".join(zf.read(name) for name in zf.namelist())
+    assert key_line not in everything
+    token = (creds / "bearer_token").read_bytes().strip()
+    assert token not in everything
+    for form in base64_file_forms((demo.state_dir / "secrets" / "macaroon-secret").read_bytes()):
+        assert form not in everything and form not in resp.body()

@@ -5,15 +5,14 @@ A columnar analysis needs columns to read: ``Events`` holds, per event, a jagged
 names them.  Most events are Z -> mu mu decays (a Breit-Wigner at 91.19 GeV, decayed
 isotropically and boosted), the rest a falling continuum and events with one or three muons, so
 the notebook's dimuon-mass histogram shows a Z peak.  Deterministic for a seed: the tests read
-the same file directly and compare the histogram.
+the same file directly and compare the histogram.  numpy, awkward and uproot (the ``[demo]`` extra)
+are imported when the file is made, so ``casa demo`` can say what is missing without them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import numpy as np
 
 Z_MASS, Z_WIDTH = 91.1876, 2.4952
 EVENTS_NAME = "events.root"
@@ -22,6 +21,8 @@ TREE = "Events"
 
 def _boosted_pair(rng, mass, n):
     """Two massless muons from a parent of ``mass`` (GeV), decayed isotropically and boosted."""
+    import numpy as np
+
     cos_t, phi = rng.uniform(-1, 1, n), rng.uniform(-np.pi, np.pi, n)
     sin_t = np.sqrt(1 - cos_t ** 2)
     p = mass / 2
@@ -41,6 +42,8 @@ def _boosted_pair(rng, mass, n):
 
 
 def _kinematics(vec):
+    import numpy as np
+
     px, py, pz = vec.T
     pt = np.hypot(px, py)
     return pt, np.arcsinh(pz / pt), np.arctan2(py, px)
@@ -49,6 +52,7 @@ def _kinematics(vec):
 def make_events(n_events: int = 20000, seed: int = 13):
     """``n_events`` events as an awkward record array of jagged muons (fields pt, eta, phi, charge)."""
     import awkward as ak
+    import numpy as np
 
     rng = np.random.default_rng(seed)
     kind = rng.choice(3, n_events, p=[0.7, 0.2, 0.1])  # Z, continuum pair, one or three muons
