@@ -65,9 +65,15 @@ def read_bundle(path: os.PathLike | str) -> Bundle:
         raise BundleError(f"{path}: casa-connection.json is not a casa connection description") from None
 
 
+NEEDS_DISTRIBUTED = "casa connect needs distributed: pip install 'jupyterhub-casa[session]'"
+
+
 def connection_of(bundle: Bundle, connect_host: str = ""):
     """The bundle as a :class:`~casa_session.cluster.SchedulerConnection` (PEM contents in place of file names)."""
-    from .cluster import SchedulerConnection
+    try:
+        from .cluster import SchedulerConnection
+    except ImportError:  # casa_session.cluster is distributed's
+        raise CasaError(NEEDS_DISTRIBUTED) from None
 
     return SchedulerConnection(
         address=bundle.scheduler_address, ca_file=bundle.ca_pem, client_cert=bundle.client_pem,
@@ -77,9 +83,9 @@ def connection_of(bundle: Bundle, connect_host: str = ""):
 
 def connect(path: os.PathLike | str, *, connect_host: str = "", timeout: str = "30s"):
     """A connected ``distributed.Client`` for the bundle's scheduler (the caller closes it)."""
+    connection = connection_of(read_bundle(path), connect_host)
     from distributed import Client
 
-    connection = connection_of(read_bundle(path), connect_host)
     return Client(connection.connect_address, security=connection.security("client"), timeout=timeout)
 
 

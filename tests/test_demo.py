@@ -182,6 +182,7 @@ def test_prints_where_to_log_in_and_how_to_connect(demo):
     assert "alice (admin)" in out and "bob" in out
     assert f"tls://alice.dask.localhost:{demo.dask_port}" in out
     assert "XCache:" in out  # xrootd is installed on this machine
+    assert f"http://127.0.0.1:{demo.port}/user/<user>/casa/" in out and "casa connect <bundle>" in out
 
 
 def test_login_page_has_the_form(demo):

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,19 @@ def test_the_credential_sync_sidecar_runs_in_the_hub_install(venv, tmp_path):
     run([venv / "bin" / "python", "-m", "casa_session.credsync", "--from", tmp_path / "secret", "--to", tmp_path / "out", "--once"],
         cwd=tmp_path, env=clean_env(venv))
     assert (tmp_path / "out" / "bearer_token").read_text() == "t"
+
+
+def test_casa_connect_in_the_hub_install_says_it_needs_distributed(venv, tmp_path):
+    bundle = tmp_path / "casa-bundle-alice.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr("ca.pem", "x")
+        zf.writestr("client.pem", "x")
+        zf.writestr("casa-connection.json", json.dumps({"scheduler_address": "tls://alice.dask.x:8786",
+                                                        "connect_address": "tls://127.0.0.1:8786", "sni": "alice.dask.x"}))
+    done = subprocess.run([str(venv / "bin" / "casa"), "connect", str(bundle)], cwd=tmp_path, env=clean_env(venv),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "casa: error: casa connect needs distributed: pip install 'jupyterhub-casa[session]'"
 
 
 def test_casa_demo_says_what_the_hub_install_lacks(venv, tmp_path):

@@ -182,7 +182,11 @@ def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
             f"            open data {DEMO_DATA_PATH}; your area /store/user/<user>/ ({EVENTS_NAME})",
             "            with the token in $BEARER_TOKEN_FILE",
         ]
-    lines += [f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", ""]
+    lines += [
+        f"  Laptop:   {settings.public_url}user/<user>/casa/ shows your session and its client bundle;",
+        "            casa connect <bundle> gives a connected Client from anywhere",
+        f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", "",
+    ]
     return "\n".join(lines)
 
 
