@@ -18,3 +18,4 @@ bench:
 	python3 -m bench.route
 	python3 -m bench.gateway
 	python3 -m bench.xcache
+	python3 -m bench.htcondor_workers
