@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import secrets
 import sys
 import tempfile
@@ -60,9 +61,11 @@ def slot_user() -> str | None:
 async def worker_python_problem(python: str, user: str | None, timeout: float = CHECK_TIMEOUT) -> str:
     """Why ``python`` cannot run the workers as ``user`` (None: as this process's user); "" when it can."""
     who = user or "the demo's user"
+    # the user's own group and no other: a job runs without root's groups too
+    as_user = dict(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[]) if user else {}
     try:
         proc = await asyncio.create_subprocess_exec(
-            python, "-c", "import distributed", cwd="/", user=user, stdin=asyncio.subprocess.DEVNULL,
+            python, "-c", "import distributed", cwd="/", **as_user, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
         )
