@@ -283,7 +283,8 @@ class CasaKubeSpawner(KubeSpawner):
     async def preview_manifests(self, pod_uid: str = "<uid of the pod>") -> list[dict]:
         """Plan a session and return, as JSON, the pod and every extra object this spawner
         would create (``casa render``); nothing is sent to Kubernetes."""
-        self._plan = await self.plan_new_session()
+        plan = await self.plan_new_session()
+        self._plan = dataclasses.replace(plan, session_id="<a new id at each start>")  # the same text on every render
         pod = ko.to_json(await self.get_pod_manifest())
         return [pod, *self.build_session_objects(pod_uid)]
 
