@@ -55,6 +55,12 @@ def notebook_env(demo, user: str, timeout: float = 150) -> tuple[int, dict[str, 
     session = login(demo, user)
     session.get(f"{demo.url}/hub/spawn", timeout=60)
     deadline = time.monotonic() + timeout
+    while True:  # her JupyterLab answers: the session is up, as she sees it
+        page = session.get(f"{demo.url}/user/{user}/lab", timeout=60)
+        if page.status_code == 200 and page.url.endswith(f"/user/{user}/lab"):
+            break
+        assert time.monotonic() < deadline, f"no JupyterLab for {user}: {page.status_code} {page.url}"
+        time.sleep(2)
     while True:
         for pid in descendants(demo.process.pid):
             try:
@@ -133,6 +139,57 @@ def test_alices_session_submits_as_herself_and_stopping_it_removes_her_jobs(demo
         time.sleep(1)
     log = (demo.state_dir / "logs" / "jupyterhub.log").read_text(errors="replace")
     assert f"Removed the HTCondor jobs of session {session} as alice@casa.demo" in log
+
+
+ALICE_SCRIPT = r"""
+import json, os
+from casa_session.cluster import CasaCluster
+from casa_session.htcondor_workers import HTCondorWorkers
+cluster = CasaCluster()                       # what alice types, and nothing more
+cluster.scale(2)
+cluster.wait_for_workers(2)
+client = cluster.get_client(timeout="60s")
+answer = client.submit(sum, range(101)).result(timeout=120)
+uids = sorted(client.run(os.getuid).values())
+print(json.dumps({"htcondor": isinstance(cluster.launcher, HTCondorWorkers), "answer": answer, "uids": uids,
+                  "repr": repr(cluster)}), flush=True)
+os._exit(0)  # as a notebook whose kernel dies: the jobs stay until the session stops
+"""
+
+
+def test_alice_scales_casa_cluster_to_two_htcondor_workers_computes_and_stopping_leaves_no_job(demo, tmp_path):
+    """The whole demo: alice's session runs CasaCluster().scale(2) (a Python with exactly her notebook's
+    environment), the workers are her HTCondor jobs and compute through Traefik; stopping her server leaves no job."""
+    import json
+    import subprocess
+    import sys
+
+    _, env = notebook_env(demo, "alice")
+    session = env["CASA_SESSION_ID"]
+    env = {**env, "DASK_JOBQUEUE__CASA__MEMORY": "256 MiB", "DASK_JOBQUEUE__CASA__DISK": "64 MiB",
+           "DASK_JOBQUEUE__CASA__WORKER_START_TIMEOUT": "240"}  # small jobs: a shared 2-core machine
+    done = subprocess.run([sys.executable, "-c", ALICE_SCRIPT], env=env, cwd=env.get("HOME", str(tmp_path)),
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["htcondor"] and result["answer"] == 5050
+    slot_uid = 65534 if os.geteuid() == 0 else os.geteuid()  # the pool's slot user: nobody under root
+    assert result["uids"] == [slot_uid, slot_uid]
+    assert "2 HTCondor jobs of alice@casa.demo" in result["repr"], result["repr"]
+    schedd = as_session(env)
+    constraint = f'CasaSession == "{session}"'
+    jobs = queue(schedd, constraint, "User", "JobStatus")
+    assert jobs == [["alice@casa.demo", "2"], ["alice@casa.demo", "2"]], jobs
+
+    web = login(demo, "alice")
+    web.get(f"{demo.url}/hub/home", timeout=30)
+    stopped = web.delete(f"{demo.url}/hub/api/users/alice/server", headers={"X-XSRFToken": web.cookies.get("_xsrf", "")},
+                         timeout=60)
+    assert stopped.status_code in (202, 204), stopped.text[:300]
+    deadline = time.monotonic() + 120
+    while queue(schedd, constraint, "ClusterId"):
+        assert time.monotonic() < deadline, f"alice's jobs are still in the queue: {queue(schedd, constraint, 'JobStatus')}"
+        time.sleep(1)
 
 
 def condor_pids(demo) -> list[int]:
