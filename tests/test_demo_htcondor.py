@@ -124,6 +124,11 @@ def test_alices_session_submits_as_herself_and_stopping_it_removes_her_jobs(demo
     session_dir = demo.state_dir / "sessions" / "users" / "alice"
     blobs.update({str(p): p.read_bytes() for p in session_dir.rglob("*") if p.is_file()})
     blobs.update({str(p): p.read_bytes() for p in (demo.state_dir / "logs").rglob("*") if p.is_file()})
+    for other in descendants(demo.process.pid):  # every process of the demo: arguments and environment
+        try:
+            blobs[f"pid {other}"] = Path(f"/proc/{other}/cmdline").read_bytes() + Path(f"/proc/{other}/environ").read_bytes()
+        except OSError:
+            continue
     for where, blob in blobs.items():
         assert not any(form in blob for form in forms), f"the pool key is in {where}"
 

@@ -145,7 +145,8 @@ class DemoBatch:
         lines = [
             f"  Workers:  HTCondor jobs on this machine's pool (schedd {pool.schedd_name}, collector {pool.collector_host}),",
             f"            each submitted with the session's own IDTOKEN (<user>@{DEMO_TRUST_DOMAIN}); they run as {who}",
-            f"            with {self._python}: in a notebook, CasaCluster().scale(2)",
+            f"            with {self._python}; in a notebook:",
+            "            from casa_session.cluster import CasaCluster; cluster = CasaCluster(); cluster.scale(2)",
         ]
         if self.problem:
             lines.append(f"            WARNING: workers cannot start: {self.problem}")
