@@ -252,3 +252,61 @@ async def test_kube_spawner_stop_removes_the_sessions_jobs_as_its_user(condor_po
         assert jobs.in_queue(other_session)
     finally:
         await jobs.clean_up()
+
+
+RECORDING_RM = """#!{python}
+import json, os, sys
+tokens = os.environ.get("_CONDOR_SEC_TOKEN_DIRECTORY", "")
+files = {{n: open(os.path.join(tokens, n)).read() for n in os.listdir(tokens)}} if tokens else {{}}
+modes = {{n: oct(os.stat(os.path.join(tokens, n)).st_mode & 0o777) for n in files}}
+json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "tokens": files, "modes": modes,
+           "dir_mode": oct(os.stat(tokens).st_mode & 0o777) if tokens else ""}}, open({record!r}, "w"))
+print("All jobs matching constraint have been marked for removal")
+"""
+
+
+async def test_condor_rm_gets_one_short_lived_token_of_the_user_and_nothing_of_the_hub(
+        make_facility, master_secrets, tmp_path, monkeypatch):
+    import json
+
+    import jwt
+
+    from tests.secret_scan import encoded_forms
+
+    record = tmp_path / "record.json"
+    rm = tmp_path / "condor_rm"
+    rm.write_text(RECORDING_RM.format(python=sys.executable, record=str(record)))
+    rm.chmod(0o755)
+    monkeypatch.setenv("CASA_HUB_ONLY", "not for condor_rm")
+    facility = make_facility(schedd_host="casa@127.0.0.1", collector_host="127.0.0.1:9618")
+    session = new_session_id("alice")
+    assert await SessionJobs(facility=facility, remove_command=str(rm)).remove("alice", session) is True
+    seen = json.loads(record.read_text())
+    assert seen["argv"] == ["-constraint", f'CasaSession == "{session}"']
+    env = seen["env"]
+    assert "CASA_HUB_ONLY" not in env  # nothing of the hub's environment but PATH
+    assert env["_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS"] == "IDTOKENS"
+    assert env["_CONDOR_SCHEDD_HOST"] == "casa@127.0.0.1" and env["_CONDOR_COLLECTOR_HOST"] == "127.0.0.1:9618"
+    assert env["CONDOR_CONFIG"] == "ONLY_ENV"
+    (token,) = seen["tokens"].values()
+    assert list(seen["modes"].values()) == ["0o600"] and seen["dir_mode"] == "0o700"
+    claims = jwt.decode(token.strip(), options={"verify_signature": False})
+    assert claims["sub"] == "alice@cms-af.example.org" and claims["iss"] == "cms-af.example.org"
+    assert claims["exp"] - claims["iat"] == 300
+    blob = json.dumps(seen).encode()
+    assert not any(form in blob for form in encoded_forms(master_secrets.signing_key))
+    assert not Path(env["_CONDOR_SEC_TOKEN_DIRECTORY"]).exists()  # deleted after the call
+
+
+async def test_kube_spawner_stops_when_the_schedd_is_down(make_facility, kube, caplog):
+    caplog.set_level(logging.WARNING)
+    facility = make_facility(schedd_host="casa@127.0.0.1", collector_host=f"127.0.0.1:{free_port()}")
+    config = Config()
+    config.SessionJobs.remove_command = condor_rm_path()
+    config.SessionJobs.timeout = 20
+    spawner = make_kube_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, config=config)
+    await asyncio.wait_for(spawner.start(), 60)
+    session = spawner.get_state()["casa_session_id"]
+    await asyncio.wait_for(spawner.stop(), 60)
+    assert kube.names("pods") == [] and kube.names("secrets") == []
+    assert f"Could not remove the HTCondor jobs of session {session} of alice" in caplog.text
