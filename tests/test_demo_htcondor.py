@@ -247,3 +247,23 @@ def test_a_worker_python_without_distributed_stops_the_start_cleanly(tmp_path):
         assert not (running.state_dir / "secrets" / "condor-pool-key").exists()
     finally:
         stop_demo(running)
+
+
+def test_sigterm_while_the_pool_starts_leaves_no_condor_process_and_no_key(tmp_path):
+    running = start_demo(tmp_path, "--no-xcache", "--htcondor", str(find_test_htcondor().release_dir),
+                         "--worker-python", worker_python(), wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not condor_pids(running):  # condor_master is up, the pool not yet ready (the hub not started)
+            assert running.process.poll() is None, running.output()
+            assert time.monotonic() < deadline, running.output()
+            running.remember_processes()
+            time.sleep(0.05)
+        assert not (running.state_dir / "logs" / "jupyterhub.log").exists()
+        running.process.send_signal(15)
+        assert running.process.wait(120) in (0, 130)
+        assert "casa demo stopped." in running.output()
+        assert leftovers(running) == []
+        assert not (running.state_dir / "secrets" / "condor-pool-key").exists()
+    finally:
+        stop_demo(running)

@@ -17,6 +17,7 @@ import asyncio
 import os
 import pwd
 import secrets
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -87,6 +88,26 @@ async def worker_python_problem(python: str, user: str | None, timeout: float = 
     return ""
 
 
+def worker_python_candidates() -> list[str]:
+    """The demo's own Python, then ``python3`` on PATH (often the one a root user's slot user can run)."""
+    found = [sys.executable]
+    system = shutil.which("python3")
+    if system and os.path.realpath(system) != os.path.realpath(sys.executable):
+        found.append(system)
+    return found
+
+
+async def default_worker_python() -> tuple[str, str]:
+    """The first candidate the slot user can run with distributed, and ""; else the first one and why it cannot."""
+    first_problem = ""
+    for python in worker_python_candidates():
+        problem = await worker_python_problem(python, slot_user())
+        if not problem:
+            return python, ""
+        first_problem = first_problem or problem
+    return sys.executable, first_problem
+
+
 @dataclass
 class DemoBatch:
     """The pool and what the hub is told about it."""
@@ -103,12 +124,14 @@ class DemoBatch:
     async def start(self) -> None:
         """Check the workers' Python, generate the key, start the pool.  An explicitly given Python that
         cannot run is a ConfigurationError before anything starts; the default one is only reported."""
-        python = self.worker_python or sys.executable
-        problem = await worker_python_problem(python, slot_user())
-        if problem and self.worker_python:
-            raise ConfigurationError(f"--worker-python: {problem}")
-        if problem:
-            problem += "; pass --worker-python with a Python that it can run (dask and distributed installed)"
+        if self.worker_python:
+            python, problem = self.worker_python, await worker_python_problem(self.worker_python, slot_user())
+            if problem:
+                raise ConfigurationError(f"--worker-python: {problem}")
+        else:
+            python, problem = await default_worker_python()
+            if problem:
+                problem += "; pass --worker-python with a Python that it can run (dask and distributed installed)"
         self._python, self.problem = python, problem
         await asyncio.to_thread(write_pool_key, self.key_file)
         self.pool = CondorPool(self.install, self.key_file, trust_domain=DEMO_TRUST_DOMAIN,

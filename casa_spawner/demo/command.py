@@ -577,7 +577,8 @@ def register(subparsers) -> None:
     p.add_argument("--worker-python", metavar="PATH",
                    help="the Python (with dask and distributed) that HTCondor workers run. Jobs run as the pool's slot user: "
                         "nobody when the demo runs as root (it cannot read /root), else your own user. Default: the demo's own "
-                        "Python, if that user can run it (checked; the banner warns when not)")
+                        "Python, else python3 on PATH, whichever that user can run with distributed (checked; the banner warns "
+                        "when neither can)")
     p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local/jupyterhub_config.py)")
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")
