@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from casa_hub.errors import ConfigurationError
 
 _SUBMIT_KEY = re.compile(r"^(\+|MY\.)?[A-Za-z_][A-Za-z0-9_.]*$")
-_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.@:/=+-]{1,256}$")
+#: printable ASCII without spaces, quotes, backslashes or ``$`` (condor_submit expands ``$(...)`` everywhere)
+_PLAIN_VALUE = re.compile(r'^[!#%-\[\]-~]{1,256}$')
 
 #: submit commands that decide what runs, what travels and how: never taken from a user's extra directives
 TRANSFER_KEYS = frozenset(k.lower() for k in (
@@ -30,10 +31,12 @@ def ad_attribute_keys(*attributes: str) -> frozenset[str]:
     return frozenset(f"{prefix}{a}".lower() for a in attributes for prefix in ("+", "my."))
 
 
-def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[str], what: str) -> dict[str, str]:
+def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[str], what: str,
+                           owner: str = "casa") -> dict[str, str]:
     """Extra submit commands as ``{key: value}`` strings, refused where they would replace a ``reserved`` one.
 
-    ``what`` names the setting in messages, e.g. ``"jobqueue.casa.job-extra-directives"``.
+    ``what`` names the setting in messages, e.g. ``"jobqueue.casa.job-extra-directives"``; ``owner``
+    who sets the reserved ones (``"the HTCondor backend"``).
     """
     reserved = {k.lower() for k in reserved}
     out = {}
@@ -41,7 +44,7 @@ def check_extra_directives(directives: Mapping[str, object], reserved: Iterable[
         if not isinstance(key, str) or not _SUBMIT_KEY.match(key):
             raise ConfigurationError(f"{what}: {key!r} is not a submit command")
         if key.lower() in reserved:
-            raise ConfigurationError(f"{what}: {key!r} is set by casa itself and cannot be changed")
+            raise ConfigurationError(f"{what}: {key!r} is set by {owner} itself and cannot be changed")
         value = str(value)
         if "\n" in value or "\r" in value:
             raise ConfigurationError(f"{what}: the value of {key!r} spans lines")
@@ -65,9 +68,9 @@ def spooled_files(names: Iterable[str]) -> dict[str, str]:
 
 
 def string_literal(value: str, what: str) -> str:
-    """``value`` as a ClassAd string literal, for values that are names (no quotes, no spaces)."""
+    """``value`` as a ClassAd string literal, for values that are names or addresses (no quotes, spaces, ``\\`` or ``$``)."""
     if not _PLAIN_VALUE.match(value or ""):
-        raise ValueError(f"{what} {value!r} cannot be a job attribute (letters, digits and _.@:/=+- only)")
+        raise ValueError(f"{what} {value!r} cannot be a job attribute (printable characters without spaces, quotes, \\ or $)")
     return f'"{value}"'
 
 

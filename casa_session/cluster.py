@@ -315,6 +315,7 @@ class CasaCluster:
         import dask.config
 
         timeout = float(timeout if timeout is not None else dask.config.get("jobqueue.casa.worker-start-timeout", 600))
+        self.launcher.running()  # a fresh look at the queue: what is known before waiting is not news
         known = set(self.launcher.history())
         deadline = time.monotonic() + timeout
         while True:
@@ -371,20 +372,31 @@ class CasaCluster:
         identity = getattr(self.launcher, "identity", None)
         return f"HTCondor jobs of {identity}" if identity else "local processes"
 
+    def _look(self) -> str:
+        """Refresh the launcher's view (the queue) for a repr; a failure is shown, never raised."""
+        try:
+            self.launcher.running()
+        except Exception as e:
+            return f"could not read the workers' state: {e}"
+        return ""
+
     def __repr__(self) -> str:
+        failed = self._look()
         rows = self.launcher.describe()
         states: dict[str, int] = {}
         for _, _, state in rows:
             key = state.split(":")[0]
             states[key] = states.get(key, 0) + 1
         summary = ", ".join(f"{count} {state}" for state, count in states.items())
+        summary = failed or summary
         return f"CasaCluster({self.scheduler_address!r}, workers={len(rows)} {self._kind()}{': ' + summary if summary else ''})"
 
     def _repr_html_(self) -> str:
         from html import escape
 
+        failed = self._look()
         rows = "".join(f"<tr><td>{escape(n)}</td><td>{escape(j)}</td><td>{escape(s)}</td></tr>" for n, j, s in self.launcher.describe())
-        problems = "".join(f"<li>{escape(p)}</li>" for p in self.launcher.problems() + self.launcher.history())
+        problems = "".join(f"<li>{escape(p)}</li>" for p in [failed] * bool(failed) + self.launcher.problems() + self.launcher.history())
         return (f"<div><strong>CasaCluster</strong> {escape(self.scheduler_address)} &mdash; workers as {escape(self._kind())}"
                 f"<table><tr><th>worker</th><th>job</th><th>state</th></tr>{rows}</table>"
                 + (f"<p>Problems:</p><ul>{problems}</ul>" if problems else "") + "</div>")

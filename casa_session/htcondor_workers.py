@@ -29,7 +29,7 @@ from pathlib import Path
 
 from casa_condor.output import HELD, STATUS_NAMES, CondorError, JobState
 from casa_condor.schedd import CondorTools, UserSchedd
-from casa_condor.submit import attribute_equals, job_ids_constraint
+from casa_condor.submit import attribute_equals, job_ids_constraint, string_literal
 from casa_hub.errors import ConfigurationError
 
 from .cluster import SchedulerConnection, WorkerLauncher
@@ -101,6 +101,10 @@ class HTCondorWorkers(WorkerLauncher):
             self.session_id = f"unnamed-{uuid.uuid4().hex[:12]}"
             log.warning("CASA_SESSION_ID is not set: the session's jobs are tagged %s, and stopping the session "
                         "will not remove them (close() will)", self.session_id)
+        try:
+            string_literal(self.session_id, "CASA_SESSION_ID")
+        except ValueError as e:
+            raise ConfigurationError(f"{e}: the session's jobs could not be tagged with it") from None
         self.cluster_name = cluster_name or f"casa-{uuid.uuid4().hex[:6]}"
         self.bearer_token_file = env.get("BEARER_TOKEN_FILE")
         tools = CondorTools(
@@ -211,15 +215,13 @@ class HTCondorWorkers(WorkerLauncher):
                     self._report(job_id + "/held", f"the worker {name} job {job_id} {state.describe()}", remember=False)
 
     def problems(self) -> list[str]:
-        """The jobs held now, each with its HoldReason."""
-        self.running()
+        """The jobs held at the last look at the queue (``running()``), each with its HoldReason."""
         with self._lock:
             return [f"the worker {n} job {j} {self._states[j].describe()}" for n, j in self._jobs.items()
                     if j in self._states and self._states[j].status == HELD and not self._states[j].spooling]
 
     def history(self) -> list[str]:
         """Jobs that left the queue, and how they ended (newest last)."""
-        self.running()
         return list(self.events)
 
     def job_script(self, name: str) -> str:

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import dask.config
+import htcondor2
 import pytest
 
-from casa_condor.output import IdentityRefused, ScheddUnreachable
+from casa_condor.output import CondorError, IdentityRefused, ScheddUnreachable
 from casa_session.cluster import CasaCluster, WorkersDidNotStart
 from casa_session.htcondor_workers import HTCondorWorkers
 from casa_spawner.ports import free_port
@@ -147,11 +148,13 @@ def test_no_master_secret_in_any_ad_description_sandbox_environment_or_log(site,
     ads = condor_pool.tool("condor_q", "-all", "-l", token_dir=condor_pool.token_dir("bob@casa.test")).stdout
     assert ads.count("CasaSession") >= 2 and "EncryptInputFiles" in ads
     descriptions = {name: cluster.launcher.job_script(name) for name in cluster.launcher.running()}
+    for description in descriptions.values():
+        htcondor2.Submit(description)  # what was submitted, HTCondor's own parser accepts too
     environments = _worker_environments(cluster.launcher.cluster_name)
     assert len(environments) == 2
     assert all(b"BEARER_TOKEN_FILE=" in env for env in environments.values())
     everything = {"job ads": ads.encode(), **{f"description of {n}": d.encode() for n, d in descriptions.items()},
-                  **environments, **_files_under(run_dir / "execute", run_dir / "spool", run_dir / "log")}
+                  **environments, **_files_under(run_dir / "execute", run_dir / "spool", run_dir / "log", site.creds)}
     sandboxes = [p for p in everything if "/execute/" in p and p.endswith("/bearer_token")]
     assert len(sandboxes) == 2 and all(everything[p].strip() == bearer for p in sandboxes)  # it travelled, as a file
     leaks = [f"{label} in {where}" for where, text in everything.items() for label, secret in master.items()
@@ -221,6 +224,17 @@ def test_a_refused_token_is_the_schedds_message(site, condor_pool, monkeypatch, 
     assert site.session_jobs() == []
 
 
+def test_a_submission_the_schedd_refuses_is_its_message(session):
+    with dask.config.set({"jobqueue.casa.job-extra-directives": {"requirements": "((("}}):
+        cluster = CasaCluster()
+        refusal = r"could not submit a job as alice@casa.test \(exit status 1\): ERROR: Parse error in expression: / Requirements = \(\(\("
+        with pytest.raises(CondorError, match=refusal) as refused:
+            cluster.scale(1)
+    cluster.close()
+    assert not isinstance(refused.value, (IdentityRefused, ScheddUnreachable))
+    assert session.session_jobs() == []
+
+
 @pytest.mark.parametrize("case", ["no such schedd", "collector down"])
 def test_an_unreachable_schedd_is_a_message_not_a_hang(site, monkeypatch, case):
     wrong = {"_CONDOR_SCHEDD_HOST": "nobody-here@127.0.0.1"} if case == "no such schedd" else {
@@ -248,3 +262,22 @@ def test_adapt_replaces_a_worker_whose_job_left_the_queue(session, condor_pool, 
     finally:
         cluster.close()
     wait_until("no job left", lambda: session.session_jobs() == [], timeout=120)
+
+
+def test_the_notebooks_running_event_loop_does_not_get_in_the_way(session):
+    """A Jupyter kernel calls the cluster's synchronous API from a thread whose event loop is running."""
+    import asyncio
+
+    async def notebook_cell():
+        with dask.config.set(UNMATCHABLE):
+            cluster = CasaCluster()
+            try:
+                cluster.scale(1)
+                assert "1 HTCondor jobs of alice@casa.test" in repr(cluster)
+                with pytest.raises(WorkersDidNotStart, match="0 of 1 workers connected after 2s"):
+                    cluster.wait_for_workers(1, timeout=2)
+            finally:
+                cluster.close()
+
+    asyncio.run(notebook_cell())
+    wait_until("the job to be removed", lambda: session.session_jobs() == [], timeout=60)

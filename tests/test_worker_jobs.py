@@ -154,6 +154,8 @@ def test_settings_a_job_cannot_have_are_clear_errors(target, config, message):
 def test_names_that_cannot_be_attributes_are_refused(target):
     with pytest.raises(ValueError, match="cannot be a job attribute"):
         worker_job("w0", session='x" || true || "', cluster="c", target=target())
+    with pytest.raises(ValueError, match="cannot be a job attribute"):
+        worker_job("w0", session="$(Owner)", cluster="c", target=target())
 
 
 def test_an_unreadable_credential_is_a_clear_error(target, tmp_path):
@@ -205,6 +207,11 @@ def test_a_session_with_a_schedd_gets_htcondor_workers_else_local_ones(condor_en
     assert isinstance(pick_launcher("local", condor_env), LocalProcessWorkers)
     with pytest.raises(ValueError, match="workers must be one of 'htcondor', 'local'"):
         pick_launcher("slurm", condor_env)
+
+
+def test_a_session_id_that_cannot_tag_jobs_is_a_configuration_error(condor_env):
+    with pytest.raises(ConfigurationError, match="CASA_SESSION_ID 'a b' cannot be a job attribute"):
+        pick_launcher("htcondor", {**condor_env, "CASA_SESSION_ID": "a b"})
 
 
 @pytest.mark.parametrize("drop, message", [
