@@ -99,6 +99,8 @@ def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = No
     """``casa demo`` in a fresh state directory under ``work`` on free ports; waits until it is ready."""
     state_dir, output_path = work / "state", work / "demo.out"
     port, dask_port = port or free_port(), free_port()
+    if not any(arg.startswith("--htcondor") or arg == "--no-htcondor" for arg in extra):
+        extra = ("--no-htcondor", *extra)  # the same demo whether HTCondor is on PATH or not (tests/test_demo_htcondor.py has the pool)
     with open(output_path, "wb") as out:
         proc = subprocess.Popen(
             [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port), *extra],
@@ -183,6 +185,7 @@ def test_prints_where_to_log_in_and_how_to_connect(demo):
     assert f"tls://alice.dask.localhost:{demo.dask_port}" in out
     assert "XCache:" in out  # xrootd is installed on this machine
     assert f"http://127.0.0.1:{demo.port}/user/<user>/casa/" in out and "casa connect <bundle>" in out
+    assert "Workers:  local processes beside each notebook (no HTCondor pool)" in out  # --no-htcondor
 
 
 def test_login_page_has_the_form(demo):

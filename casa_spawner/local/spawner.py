@@ -36,6 +36,7 @@ from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
 from ..ports import tcp_accepts
+from ..session_jobs import SessionJobs
 from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
@@ -116,6 +117,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         self.dashboard_port = 0
         self.session_dir = ""
         self.route_name = ""
+        self.session_id = ""  #: this start's CASA_SESSION_ID: teardown removes its HTCondor jobs
         self.bundle: CredentialBundle | None = None
         self.session_env: dict[str, str] = {}
         self._stopping = False
@@ -143,6 +145,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
                 "scheduler_port": self.scheduler_port,
                 "session_dir": self.session_dir,
                 "route_name": self.route_name,
+                "session_id": self.session_id,
                 "credentials": [f.metadata() for f in (self.bundle.files if self.bundle else ())],
             }
         return state
@@ -155,6 +158,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             self.scheduler_port = int(saved.get("scheduler_port") or 0)
             self.session_dir = saved.get("session_dir", "")
             self.route_name = saved.get("route_name", "")
+            self.session_id = saved.get("session_id", "")
             self.bundle = _bundle_from_disk(self.credentials_dir, self.scheduler_dir, saved.get("credentials", []))
 
     # -- environment ------------------------------------------------------------
@@ -212,6 +216,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         plan = dataclasses.replace(plan, scheduler=scheduler)
         self.bundle, self.scheduler_port, self.route_name = bundle, port, plan.route.name
         self.dashboard_port = dashboard_port
+        self.session_id = plan.session_id
 
         await asyncio.to_thread(make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
@@ -310,6 +315,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             if self.route_name:
                 await asyncio.to_thread(remove_route_file, self.routes_dir, self.route_name)
             await self._stop_scheduler()
+            await SessionJobs(parent=self, facility=self.facility).remove(self.user.name, self.session_id)  # never raises
             if self.session_dir:
                 await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
             self._reset_session()  # the session's state goes exactly when its resources have
