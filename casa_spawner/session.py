@@ -27,6 +27,7 @@ from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
 from .heap import freeze_soon
+from .session_jobs import SessionJobs
 
 
 class NamedServerError(ConfigurationError):
@@ -77,6 +78,8 @@ class SessionCore(LoggingConfigurable):
 
     #: the session's credentials (files and expiry times), None when there is no session
     bundle: CredentialBundle | None = None
+    #: this start's ``CASA_SESSION_ID`` (``SessionPlan.session_id``), kept in the state: stop removes its jobs
+    session_id: str = ""
     #: the IdP token the hub handed over at spawn time (``run_auth_state_hook``)
     _hook_access_token: AccessToken | None = None
 
@@ -155,6 +158,13 @@ class SessionCore(LoggingConfigurable):
             self.log.error("Could not renew credentials of %s: %s", self.user.name, e)
         except Exception as e:
             self.log.error("Could not renew credentials of %s: %s\n%s", self.user.name, e, traceback.format_exc())
+
+    # -- the session's batch jobs --------------------------------------------------
+
+    async def remove_session_jobs(self) -> None:
+        """Remove the HTCondor jobs this session submitted, as its user (``casa_spawner.session_jobs``);
+        never raises: a schedd that does not answer never stops a session from stopping."""
+        await SessionJobs(parent=self, facility=self.facility).remove(self.user.name, self.session_id)
 
     # -- saved state ---------------------------------------------------------------
 

@@ -185,7 +185,7 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
     async def start(self):
         self.refuse_named_server()
         self._plan = await self.plan_new_session()
-        self.bundle = self._plan.bundle
+        self.bundle, self.session_id = self._plan.bundle, self._plan.session_id
         try:
             url = await super().start()
             await self._routing_ready()
@@ -229,7 +229,8 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
     async def preview_manifests(self, pod_uid: str = "<uid of the pod>") -> list[dict]:
         """Plan a session and return, as JSON, the pod and every extra object this spawner
         would create (``casa render``); nothing is sent to Kubernetes."""
-        self._plan = await self.plan_new_session()
+        plan = await self.plan_new_session()
+        self._plan = dataclasses.replace(plan, session_id="<a new id at each start>")  # the same text on every render
         pod = ko.to_json(await self.get_pod_manifest())
         return [pod, *self.build_session_objects(pod_uid)]
 
@@ -374,7 +375,10 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         try:
             await super().stop(now)
         finally:
-            await self.delete_session_objects()
+            try:
+                await self.delete_session_objects()
+            finally:  # the notebook is gone: nothing submits any more
+                await self.remove_session_jobs()
 
     # -- renewal ----------------------------------------------------------------
 
@@ -398,6 +402,8 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         state = super().get_state()
         if self.bundle is not None:
             state["casa_renewable"] = [f.metadata() for f in self.bundle.files if f.kind in RENEWABLE_KINDS]
+        if self.session_id:
+            state["casa_session_id"] = self.session_id
         return state
 
     def load_state(self, state):
@@ -407,8 +413,10 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         saved = state.get("casa_renewable")
         if saved is not None and self.bundle is None:
             self.bundle = CredentialBundle(tuple(CredentialFile.from_metadata(s, b"") for s in saved))
+        self.session_id = state.get("casa_session_id", self.session_id)
 
     def clear_state(self):
         super().clear_state()
         self._plan = None
         self.bundle = None
+        self.session_id = ""
