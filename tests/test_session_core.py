@@ -84,7 +84,8 @@ async def session_of(sp):
 def test_both_spawners_share_the_core():
     assert issubclass(CasaKubeSpawner, SessionCore) and issubclass(CasaLocalSpawner, SessionCore)
     for cls in (CasaKubeSpawner, CasaLocalSpawner):
-        for name in ("refuse_named_server", "issue_credentials", "renew_credentials", "renew_in_poll", "save_state", "run_auth_state_hook"):
+        for name in ("refuse_named_server", "issue_credentials", "renew_credentials", "renew_in_poll", "save_state", "run_auth_state_hook",
+                     "remove_session_jobs"):
             assert name not in cls.__dict__, f"{cls.__name__} redefines {name}"
 
 
