@@ -14,6 +14,7 @@ from traitlets import Float, Int, List, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
+from . import metrics
 from .audit import record_issuance
 from .condor_token import check_key_id, check_trust_domain, make_idtoken, parse_authz
 from .dask_tls import make_session_tls
@@ -324,14 +325,17 @@ class Facility(SingletonConfigurable):
     ) -> b.CredentialBundle:
         """Every credential one session needs (pure apart from the audit log)."""
         now = now or dt.datetime.now(dt.timezone.utc)
-        files = list(self.tls_files(username, now))
-        if self.issues_condor_tokens:
-            files.append(self.condor_token_file(username, now))
-        if self.issues_xcache_tokens:
-            files.append(self.xcache_token_file(username, now))
-        elif access_token:
-            files.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
-        return b.CredentialBundle(tuple(files))
+        with metrics.spawn_step("issue-credentials"):
+            files = list(self.tls_files(username, now))
+            if self.issues_condor_tokens:
+                files.append(self.condor_token_file(username, now))
+            if self.issues_xcache_tokens:
+                files.append(self.xcache_token_file(username, now))
+            elif access_token:
+                files.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        bundle = b.CredentialBundle(tuple(files))
+        metrics.issued(bundle)
+        return bundle
 
     def renew_bundle(
         self,
@@ -349,13 +353,18 @@ class Facility(SingletonConfigurable):
         """
         now = now or dt.datetime.now(dt.timezone.utc)
         renewed = []
+        reissue = {"condor-token": self.condor_token_file, "xcache-token": self.xcache_token_file}
         for cred in bundle.due_for_renewal(now, self.renew_fraction):
-            if cred.kind == "condor-token":
-                renewed.append(self.condor_token_file(username, now))
-            elif cred.kind == "xcache-token":
-                renewed.append(self.xcache_token_file(username, now))
+            if cred.kind in reissue:
+                try:
+                    renewed.append(reissue[cred.kind](username, now))
+                except (ConfigurationError, CredentialError) as e:
+                    metrics.renewal_failed(cred.kind, "key-file" if isinstance(e, ConfigurationError) else "credential")
+                    raise
         current = bundle.get(b.BEARER_TOKEN_PATH)
         if access_token and current is not None and current.kind == "bearer-token":
             if current.content.strip() != access_token.strip().encode():
                 renewed.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        for cred in renewed:
+            metrics.renewed(cred.kind)
         return bundle.replacing(*renewed) if renewed else None

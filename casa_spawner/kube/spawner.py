@@ -54,7 +54,10 @@ from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
+from casa_hub.metrics import spawn_step
+
 from . import objects as ko
+from ..refresh import RENEW, STOP, session_started, upkeep
 from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
@@ -243,7 +246,9 @@ class CasaKubeSpawner(KubeSpawner):
         self._plan = await self.plan_new_session()
         self._bundle = self._plan.bundle
         try:
-            return await super().start()
+            url = await super().start()
+            session_started(self, self._bundle)  # metrics and background refresh (casa_spawner.refresh)
+            return url
         except aiohttp.ClientError as e:  # KubeSpawner lets a dropped connection escape as is
             raise CasaKubeError(f"lost the connection to the Kubernetes API while starting pod {self.pod_name}: {e}") from e
 
@@ -285,6 +290,7 @@ class CasaKubeSpawner(KubeSpawner):
         pod = ko.to_json(await self.get_pod_manifest())
         return [pod, *self.build_session_objects(pod_uid)]
 
+    @spawn_step("session-objects")
     async def create_session_objects(self, pod: dict) -> None:
         """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``."""
         api = self.session_api
@@ -344,8 +350,13 @@ class CasaKubeSpawner(KubeSpawner):
     async def poll(self):
         status = await super().poll()
         if status is None and self._bundle is not None:
+            action = await upkeep(self, self._bundle)  # IdP refresh, group re-check, certificate age (casa_spawner.refresh)
+            if action == STOP:
+                await self.stop(now=True)
+                return 1
             try:
-                await self.renew_credentials()
+                if action == RENEW:
+                    await self.renew_credentials()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the next poll retries; the session keeps its current files

@@ -35,7 +35,10 @@ from casa_hub.files import make_private_dir
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
+from casa_hub.metrics import spawn_step
+
 from ..ports import tcp_accepts
+from ..refresh import RENEW, STOP, session_started, upkeep
 from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
@@ -180,7 +183,9 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             )
             if self.scheduler_connect_host:
                 self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host
-            return await super().start()
+            started = await super().start()
+            session_started(self, self.bundle)  # metrics and background refresh (casa_spawner.refresh)
+            return started
         except BaseException:
             self.log.warning("Start of %s failed; removing its scheduler, route and credentials", self._log_name)
             await self._teardown()
@@ -215,6 +220,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
     async def _access_token(self) -> AccessToken | None:
         return access_token_from(await self.user.get_auth_state() if self.user else None)
 
+    @spawn_step("scheduler")
     async def _start_scheduler(self, plan: SessionPlan) -> None:
         # the dashboard has no authentication of its own: loopback only on a shared machine
         cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host, dashboard_host="127.0.0.1")
@@ -258,7 +264,12 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             self.log.warning("Dask scheduler of %s died; stopping the notebook", self._log_name)
             await self.stop(now=True)
             return 1
-        await self._renew_credentials()
+        action = await upkeep(self, self.bundle)  # IdP refresh, group re-check, certificate age (casa_spawner.refresh)
+        if action == STOP:
+            await self.stop(now=True)
+            return 1
+        if action == RENEW:
+            await self._renew_credentials()
         return None
 
     async def _renew_credentials(self) -> None:
