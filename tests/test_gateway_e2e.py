@@ -17,7 +17,7 @@ from aiohttp import ClientResponseError
 from dask_gateway import GatewayClusterError
 from dask_gateway.client import ClusterStatus
 
-from tests.fake_kube.scan import encoded_forms
+from tests.secret_scan import encoded_forms
 from tests.gateway_process import (
     GatewayProcess,
     hold_jobs,
