@@ -17,8 +17,10 @@ import weakref
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .errors import ConfigurationError, CredentialError
+
 #: label values of ``reason``: a bounded set, whatever the exception
-REASONS = ("key-file", "credential", "idp-refused", "idp-unreachable", "group-removed", "kubernetes", "write", "other")
+REASONS = ("key-file", "credential", "idp-refused", "idp-unreachable", "group-removed", "kubernetes", "other")
 
 CREDENTIALS_ISSUED = Counter(
     "casa_credentials_issued", "Credentials issued for a new session, by kind (dask-tls: one per session).", ["kind"])
@@ -57,6 +59,12 @@ def renewed(kind: str) -> None:
 
 def renewal_failed(kind: str, reason: str) -> None:
     RENEWAL_FAILURES.labels(_kind(kind), reason if reason in REASONS else "other").inc()
+
+
+def renewal_failed_at_patch(error: BaseException) -> None:
+    """A renewal that failed after issuing, when the Secret was patched (issuing failures are counted where they happen)."""
+    if not isinstance(error, (ConfigurationError, CredentialError)):
+        RENEWAL_FAILURES.labels("secret", "kubernetes").inc()
 
 
 def cleanup_failed(kind: str) -> None:

@@ -84,8 +84,24 @@ def check_spawner(report: CheckReport) -> None:
     if report.facility is not None:
         for problem in renewal_window_problems(report.facility, interval, f"{cls.__name__}.poll_interval"):
             report.problem(problem)
+    _check_refresh(report)
     if kube is not None and issubclass(cls, kube):
         _check_route(report, cls)
+
+
+def _check_refresh(report: CheckReport) -> None:
+    from .refresh import SessionRefresh
+
+    try:
+        settings = SessionRefresh(config=report.config)
+    except Exception as e:  # a value the trait refuses: the hub would fail at the first poll
+        report.problem(f"SessionRefresh: {e}")
+        return
+    facility = report.facility
+    if facility is not None and settings.certificate_margin >= facility.tls_lifetime:
+        report.problem(f"SessionRefresh.certificate_margin={settings.certificate_margin:g} is not below Facility.tls_lifetime="
+                       f"{facility.tls_lifetime}: every session would be stopped at its first poll")
+    report.note(f"background refresh: on access lost {settings.on_access_lost}, groups re-checked every {settings.group_check_interval:g}s")
 
 
 def _kube_spawner_class():

@@ -40,6 +40,19 @@ async def test_every_renewal_in_poll_patches_the_same_secret(kube, make_facility
     await asyncio.wait_for(spawner.stop(), 30)
 
 
+async def test_a_failed_secret_patch_is_counted_and_the_session_keeps_running(kube, make_facility):
+    facility = make_facility(xcache_token_lifetime=30, renew_fraction=0.05)
+    spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+    await asyncio.wait_for(spawner.start(), 60)
+    before = sample("casa_credential_renewal_failures_total", kind="secret", reason="kubernetes")
+    kube.inject(method="PATCH", path=r"/secrets/", status=500)
+    await asyncio.sleep(1.6)
+    assert await asyncio.wait_for(spawner.poll(), 60) is None
+    assert sample("casa_credential_renewal_failures_total", kind="secret", reason="kubernetes") == before + 1
+    kube.clear_faults()
+    await asyncio.wait_for(spawner.stop(), 30)
+
+
 async def test_failed_deletes_are_counted_by_kind(kube, facility):
     spawner = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility, k8s_api_request_retry_timeout=2)
     await asyncio.wait_for(spawner.start(), 60)

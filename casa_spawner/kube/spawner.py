@@ -54,6 +54,7 @@ from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
+from casa_hub import metrics
 from casa_hub.metrics import spawn_step
 
 from . import objects as ko
@@ -361,6 +362,7 @@ class CasaKubeSpawner(KubeSpawner):
                 raise
             except Exception as e:  # the next poll retries; the session keeps its current files
                 self.log.warning("Credential renewal for %s failed: %s", self.user.name, e)
+                metrics.renewal_failed_at_patch(e)
         return status
 
     async def renew_credentials(self, now: dt.datetime | None = None) -> list[str]:
