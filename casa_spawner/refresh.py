@@ -17,7 +17,7 @@ so each poll of a casa spawner calls :func:`upkeep` before it renews the session
    nothing: the current credentials stay until the next poll tries again.
 
 Whatever fails for one user is logged and counted (``casa_credential_renewal_failures``) and never
-reaches another user's poll.  The message shown on the hub's home page is ``spawner.casa_ended``.
+reaches another user's poll.  The message shown on the hub's home page is ``user.casa_ended``.
 """
 
 from __future__ import annotations
@@ -91,10 +91,21 @@ class SessionRefresh(SingletonConfigurable):
 
 def session_started(spawner, bundle) -> None:
     """At the end of a start: track the session's expiry times, forget the last session's ending."""
-    spawner.casa_ended = ""
+    _say(spawner, "")
     spawner.__dict__.pop("_casa_renewal_held", None)
     spawner.__dict__.pop("_casa_checked_at", None)
     metrics.track_session(spawner, bundle)
+
+
+def _say(spawner, message: str) -> None:
+    """The message for the hub's home page: on the hub's User object, which outlives the stopped
+    server's Spawner (JupyterHub drops that one), until the next start clears it."""
+    spawner.user.casa_ended = message
+
+
+def ended_message(user) -> str:
+    """Why ``user``'s last session ended early ("" if it did not)."""
+    return getattr(user, "casa_ended", "") or ""
 
 
 def _certificates_expire(bundle) -> dt.datetime | None:
@@ -107,7 +118,7 @@ def _end(spawner, settings: SessionRefresh, why: str, reason: str) -> str:
     action = STOP if settings.on_access_lost == "stop" else HOLD
     audit_log.warning("access-ended user=%s reason=%s action=%s", spawner.user.name, why, "stop" if action == STOP else "stop-renewing")
     done = "Your session was stopped" if action == STOP else "Your session's credentials are no longer renewed"
-    spawner.casa_ended = f"{done}: {reason}. Sign in again to continue (the facility's membership is required)."
+    _say(spawner, f"{done}: {reason}. Sign in again to continue (the facility's membership is required).")
     if action == HOLD:
         spawner._casa_renewal_held = why
     return action
@@ -144,16 +155,18 @@ async def _refresh_login(spawner, settings: SessionRefresh) -> tuple[str, str] |
 
 async def upkeep(spawner, bundle) -> str:
     """What a poll does with a running session: ``RENEW`` its tokens as usual, ``HOLD`` (renew
-    nothing), or ``STOP`` it (``spawner.casa_ended`` says why).  Never raises but CancelledError."""
+    nothing), or ``STOP`` it (``spawner.user.casa_ended`` says why).  Never raises but CancelledError."""
     settings = SessionRefresh.instance(config=spawner.config)
     metrics.track_session(spawner, bundle)
+    if getattr(spawner, "pending", None):  # the hub's polls while a start or stop is under way: not ours to end
+        return RENEW
     if spawner.__dict__.get("_casa_renewal_held"):
         return HOLD
     expires = _certificates_expire(bundle) if bundle is not None else None
     if expires is not None and dt.datetime.now(dt.timezone.utc) >= expires - dt.timedelta(seconds=settings.certificate_margin):
         audit_log.info("session-ended user=%s reason=certificates-expire expires=%s", spawner.user.name, expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        spawner.casa_ended = (f"Your session was stopped because its Dask certificates expire at {expires:%Y-%m-%d %H:%M} UTC "
-                              "(they cannot be renewed). Start a new server to continue.")
+        _say(spawner, f"Your session was stopped because its Dask certificates expire at {expires:%Y-%m-%d %H:%M} UTC "
+                      "(they cannot be renewed). Start a new server to continue.")
         return STOP
     try:
         failure = await _refresh_login(spawner, settings)

@@ -77,7 +77,7 @@ async def test_a_session_is_stopped_before_its_certificates_expire(kube, make_fa
         await asyncio.sleep(3.5)
         assert await asyncio.wait_for(spawner.poll(), 60) == 1
         assert kube.names("pods") == [] and kube.names("secrets") == []
-        assert "Dask certificates expire at" in spawner.casa_ended
+        assert "Dask certificates expire at" in spawner.user.casa_ended
         assert any("session-ended user=alice reason=certificates-expire" in r.getMessage() for r in caplog.records)
     finally:
         SessionRefresh.clear_instance()

@@ -111,7 +111,7 @@ async def test_an_idle_session_keeps_a_fresh_bearer_token_until_its_user_leaves_
                 assert token_file.read_text() == last  # never a new token once she is out
         assert status is not None
         assert not token_file.exists() and spawner.bundle is None  # the session is gone, files and all
-        assert "no longer in an allowed group" in spawner.casa_ended and "stopped" in spawner.casa_ended
+        assert "no longer in an allowed group" in spawner.user.casa_ended and "stopped" in spawner.user.casa_ended
         assert any("access-ended user=alice reason=group-removed action=stop" in r.getMessage() for r in caplog.records)
         assert sample("casa_credential_renewal_failures_total", kind="idp-access-token", reason="group-removed") == failures_before + 1
     finally:
@@ -135,7 +135,7 @@ async def test_a_refused_refresh_token_only_stops_renewing_when_so_configured(tm
                     await asyncio.sleep(1)
                     assert await spawner.poll() is None  # still running: only the renewals stop
             assert token_file.read_text() == first
-            assert "no longer renewed" in spawner.casa_ended
+            assert "no longer renewed" in spawner.user.casa_ended
             assert any("access-ended user=alice reason=idp-refused action=stop-renewing" in r.getMessage() for r in caplog.records)
         finally:
             await spawner.stop(now=True)
