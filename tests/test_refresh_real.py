@@ -141,3 +141,22 @@ async def test_a_refused_refresh_token_only_stops_renewing_when_so_configured(tm
             await spawner.stop(now=True)
     finally:
         SessionRefresh.clear_instance()
+
+
+async def test_an_unreachable_idp_ends_no_session(tmp_path, refresh_settings):
+    with oidc_provider(tmp_path, [CALLBACK], access_token_ttl=TTL) as issuer:
+        authenticator, user = await logged_in(issuer)
+        spawner = session(tmp_path, authenticator, user)
+        await spawner.start()
+    # the provider is gone (an IdP outage): the session keeps running on what it has
+    try:
+        before = sample("casa_credential_renewal_failures_total", kind="idp-access-token", reason="idp-unreachable")
+        token_file = Path(spawner.get_env()["BEARER_TOKEN_FILE"])
+        first = token_file.read_text()
+        for _ in range(4):
+            await asyncio.sleep(1)
+            assert await spawner.poll() is None
+        assert token_file.read_text() == first and not getattr(user, "casa_ended", "")
+        assert sample("casa_credential_renewal_failures_total", kind="idp-access-token", reason="idp-unreachable") > before
+    finally:
+        await spawner.stop(now=True)
