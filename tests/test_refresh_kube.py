@@ -66,6 +66,24 @@ async def test_failed_deletes_are_counted_by_kind(kube, facility):
     assert {k: after[k] - before[k] for k in before} == {"Secret": 2, "Service": 0, "IngressRouteTCP": 1}
 
 
+async def test_after_a_hub_restart_the_session_still_stops_before_its_certificates_expire(kube, make_facility):
+    SessionRefresh.clear_instance()
+    SessionRefresh.instance(certificate_margin=3)
+    try:
+        facility = make_facility(tls_lifetime=6)
+        first = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)
+        await asyncio.wait_for(first.start(), 60)
+        state = first.get_state()
+        restarted = make_spawner(CasaKubeSpawner, kube.url, "alice", facility=facility)  # a new hub process
+        restarted.load_state(state)
+        assert await restarted.poll() is None
+        await asyncio.sleep(3.5)
+        assert await asyncio.wait_for(restarted.poll(), 60) == 1
+        assert kube.names("pods") == [] and kube.names("secrets") == []
+    finally:
+        SessionRefresh.clear_instance()
+
+
 async def test_a_session_is_stopped_before_its_certificates_expire(kube, make_facility, caplog):
     SessionRefresh.clear_instance()
     SessionRefresh.instance(certificate_margin=3)

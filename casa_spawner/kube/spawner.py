@@ -62,6 +62,8 @@ from ..refresh import RENEW, STOP, session_started, upkeep
 from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
+#: kept in the state too: when the Dask certificates expire (casa_spawner.refresh stops the session before)
+STATE_KINDS = (*RENEWABLE_KINDS, "dask-ca")
 
 __all__ = ["CasaKubeSpawner", "CasaKubeError", "SessionObjectError", "SessionCleanupError"]
 
@@ -406,7 +408,7 @@ class CasaKubeSpawner(KubeSpawner):
     def get_state(self):
         state = super().get_state()
         if self._bundle is not None:
-            state["casa_renewable"] = [f.metadata() for f in self._bundle.files if f.kind in RENEWABLE_KINDS]
+            state["casa_renewable"] = [f.metadata() for f in self._bundle.files if f.kind in STATE_KINDS]
         return state
 
     def load_state(self, state):
