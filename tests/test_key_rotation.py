@@ -110,3 +110,39 @@ async def test_a_running_session_moves_to_the_pools_new_key_and_keeps_its_schedd
     finally:
         await spawner.stop(now=True)
         pool_copy.unlink()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_a_running_session_reads_again_within_one_poll_of_a_macaroon_secret_rotation(tmp_path):
+    """XRootD holds one secret: once it restarts with the new one, the session's next poll gives it a
+    macaroon the new server accepts (the old macaroon is refused there)."""
+    from tests.xrootd_server import start_xrootd
+    from tests.test_renewal_facility import xrootd_status
+
+    secret = tmp_path / "macaroon-secret"
+    write_secret_file(secret, base64.b64encode(secrets.token_bytes(48)) + b"\n")
+    data = tmp_path / "data"
+    (data / "store" / "user" / "alice").mkdir(parents=True)
+    (data / "store" / "user" / "alice" / "hist.txt").write_bytes(b"alice's histograms\n")
+    facility = Facility(domain="casa.test", macaroon_secret_file=str(secret), xcache_site="CASA_ROTATE",
+                        xcache_paths=["/store/user/{username}"])
+    spawner = CasaLocalSpawner(user=FakeUser("alice"), hub=Hub(), cmd=NOTEBOOK, facility=facility,
+                               state_dir=str(tmp_path / "state"), routes_dir=str(tmp_path / "routes"))
+    spawner.api_token = secrets.token_hex(16)
+    await spawner.start()
+    try:
+        token_file = Path(spawner.get_env()["BEARER_TOKEN_FILE"])
+        first = token_file.read_text().strip()
+        with start_xrootd(tmp_path / "xrootd-old", sitename="CASA_ROTATE", secret_b64_file=secret, data_dir=data, timeout=30) as old:
+            assert await asyncio.to_thread(xrootd_status, f"{old.url}/store/user/alice/hist.txt", first) == 200
+        replace_file(secret, base64.b64encode(secrets.token_bytes(48)) + b"\n")  # the Secret both mount
+        with start_xrootd(tmp_path / "xrootd-new", sitename="CASA_ROTATE", secret_b64_file=secret, data_dir=data, timeout=30) as new:
+            url = f"{new.url}/store/user/alice/hist.txt"
+            assert await asyncio.to_thread(xrootd_status, url, first) in (401, 403)  # the old secret's macaroon
+            assert await spawner.poll() is None  # the hub's next poll
+            second = token_file.read_text().strip()
+            assert second != first
+            assert await asyncio.to_thread(xrootd_status, url, second) == 200
+    finally:
+        await spawner.stop(now=True)

@@ -17,13 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from casa_spawner.demo.xcache import ensure_macaroon_secret
 from tests.hub_process import running_hub
+from tests.secret_scan import base64_file_forms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
-def scrape(hub) -> dict[tuple[str, tuple], float]:
+def scrape(hub, secret_file=None) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"{hub.url}/hub/metrics", timeout=30) as resp:
         text = resp.read().decode()
+    if secret_file is not None:  # nothing of the macaroon secret, in any encoding, ever appears
+        assert not any(form in text.encode() for form in base64_file_forms(secret_file.read_bytes()))
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) if family.name.startswith("casa_") for s in family.samples}
 
@@ -61,7 +64,7 @@ def test_hub_metrics_count_what_a_session_caused(tmp_path):
         hub.wait_for_server("alice", ready=True)
         deadline = time.monotonic() + 30
         while True:  # renewed after 3 s of its 30 s life, at a 1 s poll
-            samples = scrape(hub)
+            samples = scrape(hub, secret)
             if (value(samples, "casa_credentials_renewed_total", kind="xcache-token") or 0) >= 1 or time.monotonic() > deadline:
                 break
             time.sleep(1)
