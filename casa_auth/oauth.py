@@ -294,7 +294,13 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         if "userinfo" in self.group_claim_sources:
             sources["userinfo"] = auth_state.get(self.user_auth_state_key)
         if "id_token" in self.group_claim_sources:
-            sources["id_token"] = self.id_token_claims_of(auth_state)
+            claims = self.id_token_claims_of(auth_state)
+            # a refresh that kept the old token response re-reads userinfo but keeps the login's ID token:
+            # once expired, its groups are stale (a user removed from a group would keep it), so a fresh
+            # userinfo answer alone counts
+            stale = isinstance(claims, dict) and isinstance(claims.get("exp"), (int, float)) and claims["exp"] < time.time()
+            if not (stale and sources.get("userinfo") is not None):
+                sources["id_token"] = claims
         return list(extract_groups(sources, self.group_claims))
 
     async def build_auth_state_dict(self, token_info, user_info):

@@ -65,3 +65,24 @@ async def test_refreshes_are_bounded_and_a_failure_stays_with_its_user():
     assert elapsed >= 4 * 0.2 - 0.05  # 12 refreshes, 3 at a time
     assert actions == [RENEW] * 12  # user-4's bug ends nothing, for anyone
     assert not any(getattr(s.user, "casa_ended", "") for s in spawners)
+
+
+def test_an_expired_id_token_no_longer_vouches_for_groups_the_userinfo_lacks():
+    """A refresh re-reads userinfo but keeps the login's ID token: once that expired, its groups do not count."""
+    import jwt
+
+    from casa_auth import CasaOAuthenticator
+
+    authenticator = CasaOAuthenticator(client_id="hub", group_claims=["groups"], allowed_groups={"cms"})
+
+    def state(exp: int, userinfo_groups):
+        id_token = jwt.encode({"aud": "hub", "exp": exp, "groups": ["/cms"]}, "k" * 32, algorithm="HS256")
+        return {"id_token": id_token, authenticator.user_auth_state_key: {"groups": userinfo_groups}}
+
+    now = int(time.time())
+    assert authenticator.groups_from_claims(state(now + 600, [])) == ["cms"]  # a fresh login's ID token counts
+    assert authenticator.groups_from_claims(state(now - 1, [])) == []  # expired: the userinfo answer decides
+    assert authenticator.groups_from_claims(state(now - 1, ["/cms"])) == ["cms"]
+    no_userinfo = state(now - 1, [])
+    no_userinfo[authenticator.user_auth_state_key] = None
+    assert authenticator.groups_from_claims(no_userinfo) == ["cms"]  # nothing fresher to go by
