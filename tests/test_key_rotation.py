@@ -87,6 +87,9 @@ async def test_a_running_session_moves_to_the_pools_new_key_and_keeps_its_schedd
     write_secret_file(pool_copy, new_key)
     owner = Path(condor_pool.pool.run_dir).stat()
     os.chown(pool_copy, owner.st_uid, owner.st_gid)
+    # a daemon lists the key ids it accepts once (the client offers only a token of a listed kid): reconfig
+    reconfig = await asyncio.to_thread(condor_pool.tool, "condor_reconfig")
+    assert reconfig.returncode == 0, reconfig.stdout + reconfig.stderr
     facility = Facility(domain="casa.test", trust_domain=TRUST_DOMAIN, collector_host=condor_pool.pool.collector_host,
                         schedd_host=condor_pool.pool.schedd_name, signing_key_file=str(condor_pool.workdir / "POOL"))
     spawner = CasaLocalSpawner(user=FakeUser("alice"), hub=Hub(), cmd=NOTEBOOK, facility=facility,
@@ -103,13 +106,18 @@ async def test_a_running_session_moves_to_the_pools_new_key_and_keeps_its_schedd
         assert await spawner.poll() is None
         second = (tokens / "casa").read_text()
         assert second != first and jwt.get_unverified_header(second.strip())["kid"] == "NEW"
-        done = await asyncio.to_thread(condor_pool.tool, "condor_ping", "-type", "SCHEDD", "-name", condor_pool.pool.schedd_name,
-                                       "-table", "WRITE", token_dir=tokens)
-        rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["WRITE"]]
+        for _ in range(20):  # the reconfig reaches the schedd within a moment
+            done = await asyncio.to_thread(condor_pool.tool, "condor_ping", "-type", "SCHEDD", "-name", condor_pool.pool.schedd_name,
+                                           "-table", "WRITE", token_dir=tokens)
+            rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] == ["WRITE"]]
+            if rows and rows[0][4] == "ALLOW":
+                break
+            await asyncio.sleep(0.5)
         assert rows and rows[0][4] == "ALLOW", done.stdout + done.stderr
     finally:
         await spawner.stop(now=True)
         pool_copy.unlink()
+        await asyncio.to_thread(condor_pool.tool, "condor_reconfig")  # the shared pool as it was
 
 
 @pytest.mark.e2e
