@@ -17,3 +17,5 @@ bench:
 	python3 -m bench.spawn
 	python3 -m bench.route
 	python3 -m bench.gateway
+	python3 -m bench.xcache
+	python3 -m bench.htcondor_workers

@@ -290,14 +290,16 @@ class Facility(SingletonConfigurable):
         """The user's HTCondor identity (the IDTOKEN's ``sub``), e.g. ``alice@cms-af.unl.edu``."""
         return self.condor_identity.format(**self._fields(username))
 
-    def condor_token_file(self, username: str, now: dt.datetime) -> b.CredentialFile:
+    def condor_token_file(self, username: str, now: dt.datetime, lifetime: int | None = None) -> b.CredentialFile:
+        """The user's IDTOKEN file; ``lifetime`` None: ``condor_token_lifetime`` (shorter for a one-off
+        task, e.g. removing a stopped session's jobs)."""
         issued = make_idtoken(
             self.signing_key().reveal(),
             trust_domain=self.trust_domain,
             identity=self.condor_identity_of(username),
             kid=self.signing_key_id,
             authz=self.condor_authz,
-            lifetime=self.condor_token_lifetime,
+            lifetime=self.condor_token_lifetime if lifetime is None else lifetime,
             issued_at=int(now.timestamp()),
         )
         record_issuance(username, "condor-idtoken", issued.expires_at, issued.token_id)

@@ -8,6 +8,7 @@ relative to a credentials directory whose location the spawner chooses.
 from __future__ import annotations
 
 import posixpath
+import secrets
 import sys
 from dataclasses import dataclass, field
 
@@ -70,6 +71,8 @@ class SessionPlan:
     scheduler: SchedulerSpec
     bundle: CredentialBundle = field(repr=False)
     facility_env: dict = field(default_factory=dict)
+    #: names this start of the session (``CASA_SESSION_ID``); its HTCondor jobs carry it as ``+CasaSession``
+    session_id: str = ""
 
     def environment(self, credentials_dir: str, scheduler_local_address: str, dashboard_url: str | None = None) -> dict[str, str]:
         """The notebook's environment, with credentials under ``credentials_dir``."""
@@ -91,12 +94,25 @@ class SessionPlan:
         }
         if dashboard_url:
             env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = dashboard_url
+        if self.session_id:
+            env[SESSION_ID_ENV] = self.session_id
         if self.bundle.get(b.CONDOR_TOKEN_PATH) is not None:
             env["_CONDOR_SEC_TOKEN_DIRECTORY"] = path(posixpath.dirname(b.CONDOR_TOKEN_PATH))
         if self.bundle.get(b.BEARER_TOKEN_PATH) is not None:
             env["BEARER_TOKEN_FILE"] = path(b.BEARER_TOKEN_PATH)
         env.update(self.facility_env)
         return env
+
+
+#: the variable naming the session; the spawner keeps the same id in its state to find the session's jobs
+SESSION_ID_ENV = "CASA_SESSION_ID"
+
+
+def new_session_id(slug: str) -> str:
+    """A fresh id for one start of ``slug``'s session, e.g. ``alice-3f9c0a1b2d4e``: a DNS-label-like
+    string (safe inside an HTCondor ClassAd string), unique per start so a new session never owns
+    the jobs of an old one."""
+    return f"{slug}-{secrets.token_hex(6)}"
 
 
 def facility_environment(facility: Facility) -> dict[str, str]:
@@ -112,9 +128,12 @@ def facility_environment(facility: Facility) -> dict[str, str]:
     return env
 
 
-def plan_session(facility: Facility, username: str, bundle: CredentialBundle, *, entry_point: str = "dask") -> SessionPlan:
-    """The plan for ``username`` with an already-issued ``bundle`` (see ``Facility.issue_bundle``)."""
+def plan_session(facility: Facility, username: str, bundle: CredentialBundle, *, entry_point: str = "dask",
+                 session_id: str | None = None) -> SessionPlan:
+    """The plan for ``username`` with an already-issued ``bundle`` (see ``Facility.issue_bundle``);
+    ``session_id`` None: a fresh one (:func:`new_session_id`)."""
     names = facility.names(username)
     route = TCPRoute(name=f"casa-dask-{names.slug}", host=names.scheduler_host, entry_point=entry_point, port=facility.scheduler_port)
     scheduler = SchedulerSpec(port=facility.scheduler_port, dashboard_port=facility.dashboard_port)
-    return SessionPlan(names, route, scheduler, bundle, facility_environment(facility))
+    return SessionPlan(names, route, scheduler, bundle, facility_environment(facility),
+                       session_id=new_session_id(names.slug) if session_id is None else session_id)

@@ -2,3 +2,6 @@
 
 Kept free of imports here: ``python -m casa_session.credsync`` runs in a sidecar with the standard library only.
 """
+
+#: example notebooks shipped with the package (the one-machine facility copies them into each home)
+EXAMPLES_DIR = __file__.rsplit("/", 1)[0] + "/notebooks"

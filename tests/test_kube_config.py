@@ -280,3 +280,18 @@ def test_the_traefik_schema_refuses_the_pre_39_layout():
     old["ports"]["websecure"]["tls"] = old["ports"]["websecure"].pop("http")["tls"]
     errors = schema_errors(schema, chart_values(read_values(TRAEFIK_CHART / "values.yaml"), old))
     assert any("'tls' was unexpected" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("loader", ["traitlets", "chart"])
+async def test_cms_sessions_get_the_site_s_schedd_and_the_slides_docker_universe(chart_hub, loader):
+    import dask.config
+
+    cfg = chart_hub("cms")[0] if loader == "chart" else load_config("cms")
+    spawner = CasaKubeSpawner(config=cfg, _mock=True)
+    assert spawner.facility.schedd_host == "t3.unl.edu" and spawner.facility.collector_host == "red-condor.unl.edu:9619"
+    env = spawner.environment
+    assert env["CONDOR_CONFIG"] == "ONLY_ENV"
+    casa = dask.config.collect_env(env)["jobqueue"]["casa"]  # as dask reads the notebook's environment
+    assert casa["universe"] == "docker" and casa["worker_image"] == "coffeateam/coffea-casa-analysis:latest"
+    assert casa["job_extra_directives"] == {"container_service_names": "dask", "dask_container_port": 8786}
+    assert casa["cores"] == 2 and casa["memory"] == "6 GiB" and casa["python"] == "python3"

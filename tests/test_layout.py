@@ -16,13 +16,13 @@ def imported_after(statement: str) -> set[str]:
 
 def test_session_code_never_imports_the_hub_side():
     """casa_session runs in notebooks, sidecars and batch jobs: no spawner, no JupyterHub, no Kubernetes client."""
-    loaded = imported_after("import casa_session.cluster, casa_session.credsync")
+    loaded = imported_after("import casa_session.cluster, casa_session.credsync, casa_session.htcondor_workers, casa_session.adapt")
     assert loaded.isdisjoint({"casa_spawner", "casa_auth", "jupyterhub", "kubespawner", "kubernetes_asyncio", "oauthenticator"})
 
 
 def test_htcondor_plumbing_is_usable_from_a_session():
     """casa_condor serves the gateway, the spawners' clean-up and a session's workers: it never imports a spawner."""
-    loaded = imported_after("import casa_condor.schedd, casa_condor.output")
+    loaded = imported_after("import casa_condor.schedd, casa_condor.output, casa_condor.submit")
     assert loaded.isdisjoint({"casa_spawner", "casa_auth", "jupyterhub", "kubespawner", "kubernetes_asyncio", "dask_gateway_server"})
 
 

@@ -1,7 +1,8 @@
 """``casa_spawner.demo.xcache.XCacheServer`` against the real ``xrootd`` 5.5: what a user's token reads.
 
-One server per test module; every request is made over HTTP on loopback as a notebook's
-client would, with the macaroon the hub's ``Facility`` issues.
+A real origin behind a real XCache (``libXrdPss`` + ``libXrdPfc``) per test; every request is
+made over HTTPS on loopback as a notebook's client would, verifying the server with the run's
+CA, with the macaroon the hub's ``Facility`` issues.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from casa_hub.facility import Facility
 from casa_spawner.demo.xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret, xrootd_config
 
 SITE = "CASA_XC_TEST"
+BIG_PATH = "/store/user/alice/events.bin"
+BIG = os.urandom(3 * 1024 * 1024 + 17)  # several of the cache's blocks
 
 
-def get(server: XCacheServer, path: str, token: str | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(server.url + path)
+def get(server: XCacheServer, path: str, token: str | None = None, base: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request((base or server.url) + path)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=server.ssl_context()) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, b""
@@ -58,7 +61,7 @@ async def server(secret_file):
         secret_file=str(secret_file),
         users=["alice", "bob"],
         public_paths=["/store/data"],
-        files={DEMO_DATA_PATH: DEMO_DATA, "/store/user/alice/notes.txt": b"alice's notes\n"},
+        files={DEMO_DATA_PATH: DEMO_DATA, "/store/user/alice/notes.txt": b"alice's notes\n", BIG_PATH: BIG},
         ready_timeout=40,
     )
     await srv.start()
@@ -102,6 +105,35 @@ async def test_user_token_reads_own_area_and_not_anothers(server, xcache_facilit
     assert get(server, "/store/user/alice/notes.txt", alice) == (200, b"alice's notes\n")
     assert get(server, "/store/user/alice/notes.txt", bob)[0] == 403
     assert get(server, "/store/user/alice/notes.txt")[0] == 403
+    # the origin checks the same tokens: going around the cache gains nothing
+    assert get(server, "/store/user/alice/notes.txt", alice, base=server.origin_url) == (200, b"alice's notes\n")
+    assert get(server, "/store/user/alice/notes.txt", bob, base=server.origin_url)[0] == 403
+    assert get(server, "/store/user/alice/notes.txt", base=server.origin_url)[0] == 403
+
+
+@pytest.mark.e2e
+async def test_a_file_read_once_is_served_by_the_cache_afterwards(server, xcache_facility):
+    alice = token(xcache_facility, "alice")
+    cached = server.cache_root / BIG_PATH.lstrip("/")
+    assert not cached.exists()
+    assert get(server, BIG_PATH, alice) == (200, BIG)  # a miss: fetched from the origin
+    assert cached.read_bytes() == BIG and cached.with_name(cached.name + ".cinfo").is_file()
+    await server.origin.stop()  # the origin is gone ...
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.origin_url + BIG_PATH, timeout=5, context=server.ssl_context())
+    assert get(server, BIG_PATH, alice) == (200, BIG)  # ... and the cache still serves what it holds
+    # the cache still checks every request against the token, cached or not
+    assert get(server, BIG_PATH, token(xcache_facility, "bob"))[0] == 403
+    assert get(server, BIG_PATH)[0] == 403
+    logs = "\n".join(p.read_text(errors="replace") for p in server.run_dir.glob("*.log"))
+    assert alice[:60] not in logs  # no token in either log (the URL-encoded form starts the same)
+
+
+@pytest.mark.e2e
+async def test_the_cache_is_https_with_the_runs_ca(server, tmp_path):
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(server.url + DEMO_DATA_PATH, timeout=10)  # the system's CAs do not know it
+    assert server.url.startswith("https://localhost:")
 
 
 @pytest.mark.e2e
@@ -118,26 +150,32 @@ async def test_token_signed_with_another_secret_is_refused(server, tmp_path):
 
 
 @pytest.mark.e2e
-async def test_stop_ends_the_process_and_removes_files(secret_file, tmp_path):
-    srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40, log_copy=str(tmp_path / "xrootd.log"))
+async def test_stop_ends_the_processes_and_removes_files(secret_file, tmp_path):
+    srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40, log_copy=str(tmp_path / "xcache.log"),
+                       ca_copy=str(tmp_path / "ca.pem"))
     await srv.start()
-    pid, run_dir, port = srv.process.pid, srv.run_dir, srv.port
+    pids, run_dir, ports = (srv.cache.pid, srv.origin.pid), srv.run_dir, (srv.port, srv.origin_port)
     try:
+        assert (tmp_path / "ca.pem").read_bytes() == srv.ca_file.read_bytes()
         if os.geteuid() == 0:  # xrootd refuses root; -R switches its effective uid (real and saved stay 0)
-            effective_uid = next(line.split()[2] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:"))
-            assert int(effective_uid) == pwd.getpwnam("nobody").pw_uid
+            for pid in pids:
+                effective_uid = next(line.split()[2] for line in open(f"/proc/{pid}/status") if line.startswith("Uid:"))
+                assert int(effective_uid) == pwd.getpwnam("nobody").pw_uid
     finally:
         await srv.stop()
     await srv.stop()  # idempotent
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-    assert not run_dir.exists()  # with the secret's copy
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-    log = (tmp_path / "xrootd.log").read_bytes()  # kept for post-mortems, without the secret
-    assert b"initialization completed" in log
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not run_dir.exists()  # with the secret's copy and the TLS key
+    for port in ports:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
     secret = secret_file.read_bytes().strip()
-    assert secret not in log and base64.b64decode(secret) not in log
+    for name in ("xcache.log", "xcache-origin.log"):  # kept for post-mortems, without the secret
+        log = (tmp_path / name).read_bytes()
+        assert b"initialization completed" in log
+        assert secret not in log and base64.b64decode(secret) not in log
 
 
 async def test_bad_secret_gives_a_clear_error_and_leaves_nothing(tmp_path):
@@ -156,7 +194,7 @@ async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_fil
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), port=taken.getsockname()[1], ready_timeout=20)
-        with pytest.raises(CasaError, match="(?s)exited.*xrootd log tail.*in use"):
+        with pytest.raises(CasaError, match="(?s)XCache.*exited.*in use"):
             await srv.start()
     assert srv.process is None and srv.run_dir is None
 
@@ -165,20 +203,20 @@ async def test_port_taken_gives_the_servers_reason_and_leaves_nothing(secret_fil
 async def test_a_cancelled_start_leaves_nothing(secret_file, monkeypatch):
     srv = XCacheServer(sitename=SITE, secret_file=str(secret_file), ready_timeout=40)
 
-    async def not_yet():  # xrootd is running, the launcher still waits for it
+    async def not_yet(port, context):  # xrootd is running, the launcher still waits for it
         return False
 
-    monkeypatch.setattr(srv, "_answers_http", not_yet)
+    monkeypatch.setattr(srv, "_answers_https", not_yet)
     starting = asyncio.ensure_future(srv.start())
     for _ in range(300):  # bounded: 30 s
-        if srv.process is not None:
+        if srv.origin is not None and srv.origin.running:  # the origin starts first
             break
         await asyncio.sleep(0.1)
     assert not starting.done()
-    pid, run_dir = srv.process.pid, srv.run_dir
+    pid, run_dir = srv.origin.pid, srv.run_dir
     starting.cancel()  # Ctrl-C while the demo starts
     with pytest.raises(asyncio.CancelledError):
         await starting
-    assert srv.process is None and srv.run_dir is None and not run_dir.exists()
+    assert srv.origin is None and srv.cache is None and srv.run_dir is None and not run_dir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

@@ -1,4 +1,4 @@
-"""``casa demo``: the processes of the one-machine facility (Traefik, the XCache stand-in, the hub) and the command."""
+"""``casa demo``: the processes of the one-machine facility (Traefik, the XCache, the HTCondor pool, the hub) and the command."""
 
 from .command import register
 

@@ -2,15 +2,20 @@
 
 It starts, in this order, and stops in reverse on Ctrl-C (SIGINT) or SIGTERM:
 
-1. where ``xrootd`` is installed, the XCache stand-in (:class:`~casa_spawner.demo.xcache.XCacheServer`)
-   with a demo data file and one area per user, checking the hub's macaroons;
-2. Traefik with the ``dask`` entry point (:class:`~casa_spawner.demo.traefik.TraefikProcess`), watching
+1. where ``xrootd`` is installed, the XCache (:class:`~casa_spawner.demo.xcache.XCacheServer`: an
+   XRootD origin behind XRootD's proxy file cache, over HTTPS) with a demo data file and one area per
+   user holding the demo's ROOT file of events (:mod:`.events`), checking the hub's macaroons;
+2. where HTCondor's daemons are found (PATH, or ``--htcondor DIR``), a one-machine pool
+   (:class:`~casa_spawner.demo.batch.DemoBatch`): every session gets an IDTOKEN, the schedd and
+   the collector, so ``CasaCluster`` runs its workers as HTCondor jobs;
+3. Traefik with the ``dask`` entry point (:class:`~casa_spawner.demo.traefik.TraefikProcess`), watching
    the directory where ``CasaLocalSpawner`` writes one route file per user;
-3. JupyterHub with the packaged ``casa_spawner/local/jupyterhub_config.py`` (demo users or an OIDC provider,
+4. JupyterHub with the packaged ``casa_spawner/local/jupyterhub_config.py`` (demo users or an OIDC provider,
    ``CasaLocalSpawner``, and its own Traefik as the HTTP proxy -- pip only, no npm).
 
 Everything lives in a state directory (a lock file keeps a second demo out of it); the
-macaroon secret is generated there (0600) and never printed.  Ports are checked before
+macaroon secret and the pool signing key are generated there (0600) and never printed.
+Stopping stops the hub first (its sessions remove their HTCondor jobs), then the pool.  Ports are checked before
 anything starts.  The demo makes itself a child subreaper, so whatever a crashed child leaves
 behind is re-parented to it and ended too: after a stop no process of the demo is left.
 """
@@ -38,7 +43,10 @@ from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.names import user_names, validate_domain
 
 from ..ports import free_port, port_is_free
+from .batch import DemoBatch
+from .condor import HTCondorInstall
 from .traefik import PortInUseError, TraefikProcess, traefik_binary
+from .events import EVENTS_NAME, write_events
 from .xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret
 
 DEFAULT_STATE_DIR = "~/.local/share/casa-demo"
@@ -76,6 +84,9 @@ class DemoSettings:
     admins: tuple[str, ...] = DEMO_ADMINS
     oidc: OIDCProvider | None = None
     password: str = ""  #: the demo users' password; empty: any password (loopback only)
+    htcondor: bool = True  #: start a pool when HTCondor is found (``--no-htcondor``: never)
+    htcondor_dir: Path | None = None  #: ``--htcondor DIR`` (bin/, sbin/); None: look on PATH
+    worker_python: str = ""  #: ``--worker-python``; empty: the demo's own Python if the slot user can run it
 
     @property
     def public_url(self) -> str:
@@ -101,6 +112,14 @@ class DemoSettings:
         return self.state_dir / "secrets" / "macaroon-secret"
 
     @property
+    def xcache_ca_file(self) -> Path:
+        return self.state_dir / "xcache-ca.pem"
+
+    @property
+    def condor_key_file(self) -> Path:
+        return self.state_dir / "secrets" / "condor-pool-key"
+
+    @property
     def lock_file(self) -> Path:
         return self.state_dir / "demo.lock"
 
@@ -116,7 +135,7 @@ class Ports:
 # -- pure builders ----------------------------------------------------------------
 
 
-def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "") -> dict[str, str]:
+def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = "", batch: DemoBatch | None = None) -> dict[str, str]:
     """The ``CASA_LOCAL_*`` variables the packaged hub configuration reads.
 
     No master secret: the macaroon secret goes as a file path.  The demo password (set only
@@ -140,7 +159,10 @@ def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = 
             CASA_LOCAL_MACAROON_SECRET_FILE=str(settings.secret_file),  # a path: the hub reads the file
             CASA_LOCAL_XCACHE_SITE=XCACHE_SITE,
             CASA_LOCAL_XCACHE_HOST=xcache_host,
+            CASA_LOCAL_XCACHE_CA_FILE=str(settings.xcache_ca_file),
         )
+    if batch is not None:
+        env.update(batch.hub_environment())
     if settings.oidc is not None:
         env.update(
             CASA_LOCAL_OIDC_ISSUER=settings.oidc.issuer,
@@ -152,7 +174,7 @@ def hub_environment(settings: DemoSettings, ports: Ports, *, xcache_host: str = 
     return env
 
 
-def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
+def banner(settings: DemoSettings, xcache: XCacheServer | None, batch: DemoBatch | None = None) -> str:
     """What to tell the person who ran the demo: where to log in and how to connect."""
     lines = ["", "casa demo is running.", f"  Log in:   {settings.public_url}"]
     if settings.oidc is None:
@@ -169,12 +191,21 @@ def banner(settings: DemoSettings, xcache: XCacheServer | None) -> str:
         f"            from elsewhere: resolve {example.scheduler_host} to this machine and use the session's",
         "            certificates from $CASA_CREDENTIALS/dask (mutual TLS)",
     ]
+    if batch is not None:
+        lines += batch.banner_lines()
+    else:
+        lines.append("  Workers:  local processes beside each notebook (no HTCondor pool)")
     if xcache is not None:
         lines += [
-            f"  XCache:   {xcache.root_url} (HTTP {xcache.url}); open data {DEMO_DATA_PATH},",
-            "            your area /store/user/<user>/ with the token in $BEARER_TOKEN_FILE",
+            f"  XCache:   {xcache.url} (origin {xcache.origin_url}, CA {settings.xcache_ca_file});",
+            f"            open data {DEMO_DATA_PATH}; your area /store/user/<user>/ ({EVENTS_NAME})",
+            "            with the token in $BEARER_TOKEN_FILE",
         ]
-    lines += [f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", ""]
+    lines += [
+        f"  Laptop:   {settings.public_url}user/<user>/casa/ shows your session and its client bundle;",
+        "            casa connect <bundle> gives a connected Client from anywhere",
+        f"  State:    {settings.state_dir} (logs in {settings.logs_dir})", "Press Ctrl-C to stop.", "",
+    ]
     return "\n".join(lines)
 
 
@@ -188,6 +219,7 @@ class Demo:
     hub: asyncio.subprocess.Process | None = None
     traefik: TraefikProcess | None = None
     xcache: XCacheServer | None = None
+    batch: DemoBatch | None = None
     _lock_fd: int | None = None
 
     def say(self, text: str) -> None:
@@ -211,7 +243,7 @@ class Demo:
                 self.say("Interrupted while starting; stopping what was started.")
                 return 130
             starting.result()  # a start-up error ends here, after the clean-up below
-            self.say(banner(self.settings, self.xcache))
+            self.say(banner(self.settings, self.xcache, self.batch))
             died = asyncio.ensure_future(self._first_exit())
             await asyncio.wait({stopping, died}, return_when=asyncio.FIRST_COMPLETED)
             if died.done():
@@ -239,25 +271,31 @@ class Demo:
         xcache_host = ""
         if s.xcache and shutil.which("xrootd"):
             await asyncio.to_thread(ensure_macaroon_secret, s.secret_file)
+            events = await asyncio.to_thread(write_events, s.state_dir / "data" / EVENTS_NAME)
             self.xcache = XCacheServer(
                 sitename=XCACHE_SITE,
                 secret_file=str(s.secret_file),
                 users=list(s.users),
                 public_paths=["/store/data"],
-                files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users}},
+                files={DEMO_DATA_PATH: DEMO_DATA, **{f"/store/user/{u}/welcome.txt": _welcome(u) for u in s.users},
+                       **{f"/store/user/{u}/{EVENTS_NAME}": events for u in s.users}},
                 ready_timeout=min(60.0, s.start_timeout),
                 log_copy=str(s.logs_dir / "xrootd.log"),
+                ca_copy=str(s.xcache_ca_file),
             )
             await self.xcache.start()
-            xcache_host = self.xcache.root_url
+            xcache_host = self.xcache.url
         elif s.xcache:
-            self.say("Note: xrootd is not installed, so no XCache stand-in (Debian: apt install xrootd-server xrootd-server-plugins).")
+            self.say("Note: xrootd is not installed, so no XCache (Debian: apt install xrootd-server xrootd-server-plugins).")
+
+        await self._start_batch()
 
         self.traefik = TraefikProcess(s.traefik_dir, dask_port=s.dask_port, routes_dir=s.routes_dir, host=s.ip)
         await self.traefik.start(timeout=min(60.0, s.start_timeout))
 
-        env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host)}
-        env["PATH"] = os.pathsep.join([str(Path(traefik_binary()).parent), sysconfig.get_path("scripts"), env.get("PATH", "")])
+        env = {**os.environ, **hub_environment(s, ports, xcache_host=xcache_host, batch=self.batch)}
+        condor_bin = [str(self.batch.install.bin)] if self.batch is not None else []  # condor_rm, and the sessions' tools
+        env["PATH"] = os.pathsep.join([str(Path(traefik_binary()).parent), sysconfig.get_path("scripts"), *condor_bin, env.get("PATH", "")])
         with open(s.logs_dir / "jupyterhub.log", "ab") as log:
             self.hub = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "jupyterhub", "-f", str(s.config_file),
@@ -265,6 +303,28 @@ class Demo:
                 cwd=str(s.state_dir), env=env, start_new_session=True,
             )
         await self._wait_for_login_page()
+
+    async def _start_batch(self) -> None:
+        """The HTCondor pool, when HTCondor is found; a note when it is not (an error for ``--htcondor DIR``)."""
+        s = self.settings
+        if not s.htcondor:
+            return
+        try:
+            install = HTCondorInstall.find(s.htcondor_dir)
+        except ConfigurationError:
+            if s.htcondor_dir is not None:
+                raise
+            self.say("Note: HTCondor's daemons are not on PATH, so Dask workers run as local processes "
+                     "(install HTCondor, or pass --htcondor DIR with its bin/ and sbin/).")
+            return
+        self.batch = DemoBatch(install, s.condor_key_file, s.logs_dir, worker_python=s.worker_python,
+                               ready_timeout=min(60.0, s.start_timeout))
+        try:
+            await self.batch.start()
+        except BaseException:
+            await self.batch.stop()
+            self.batch = None
+            raise
 
     def _check_ports(self) -> None:
         s = self.settings
@@ -315,7 +375,9 @@ class Demo:
     async def _first_exit(self) -> tuple[str, int]:
         waits = {asyncio.ensure_future(self.hub.wait()): "JupyterHub", asyncio.ensure_future(self.traefik.process.wait()): "Traefik"}
         if self.xcache is not None and self.xcache.process is not None:
-            waits[asyncio.ensure_future(self.xcache.process.wait())] = "the XCache stand-in (xrootd)"
+            waits[asyncio.ensure_future(self.xcache.wait())] = "the XCache (xrootd)"
+        if self.batch is not None and self.batch.process is not None:
+            waits[asyncio.ensure_future(self.batch.process.wait())] = "the HTCondor pool (condor_master)"
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             task = done.pop()
@@ -325,10 +387,14 @@ class Demo:
                 task.cancel()
 
     async def stop(self) -> None:
-        """Stop the hub (it stops the sessions and its proxy), Traefik, XCache; end any orphan.  Idempotent."""
+        """Stop the hub (it stops the sessions, which remove their jobs, and its proxy), the HTCondor pool,
+        Traefik, XCache; end any orphan.  Idempotent."""
         hub, self.hub = self.hub, None
         if hub is not None:
             await _terminate(hub, HUB_STOP_TIMEOUT)
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            await batch.stop()
         traefik, self.traefik = self.traefik, None
         if traefik is not None:
             await traefik.stop()
@@ -458,12 +524,34 @@ def settings_from_args(args) -> DemoSettings:
         start_timeout=args.start_timeout,
         oidc=oidc,
         password="" if loopback else secrets.token_urlsafe(12),  # reachable from elsewhere: not any password
+        htcondor=not args.no_htcondor,
+        htcondor_dir=_htcondor_dir(args.htcondor),
+        worker_python=_worker_python(args.worker_python),
     )
+
+
+def _htcondor_dir(text: str | None) -> Path | None:
+    if text is None:
+        return None
+    HTCondorInstall.find(text)  # a clear error before anything starts
+    return Path(text).expanduser().resolve()
+
+
+def _worker_python(text: str | None) -> str:
+    if not text:
+        return ""
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise ConfigurationError(f"--worker-python {text}: give an absolute path (the jobs run it on the execute side)")
+    if not os.access(path, os.X_OK):
+        raise ConfigurationError(f"--worker-python {text} is not an executable file")
+    return str(path)
 
 
 #: what the one-machine facility runs beyond the hub, all in the ``[demo]`` extra: the notebook,
 #: the hub's proxy, the Dask scheduler (distributions -> modules)
-DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed"}
+DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed",
+                "uproot": "uproot", "awkward": "awkward", "matplotlib": "matplotlib"}
 
 
 def missing_demo_parts() -> list[str]:
@@ -488,7 +576,7 @@ def _run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="run the facility on this machine: JupyterHub, Traefik, per-user Dask schedulers, XCache",
+        help="run the facility on this machine: JupyterHub, Traefik, per-user Dask schedulers, XCache, HTCondor",
         description="Run the whole facility on this machine; Ctrl-C stops everything it started.",
     )
     p.add_argument("--port", type=_port, default=8000, help="JupyterHub's public HTTP port (default 8000)")
@@ -496,7 +584,17 @@ def register(subparsers) -> None:
     p.add_argument("--ip", default="127.0.0.1", help="address the hub and the Dask entry point listen on (default 127.0.0.1)")
     p.add_argument("--domain", default="localhost", help="Dask domain: schedulers are tls://<user>.dask.<domain> (default localhost)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"where the demo keeps its files (default {DEFAULT_STATE_DIR})")
-    p.add_argument("--no-xcache", action="store_true", help="do not start the XCache stand-in even if xrootd is installed")
+    p.add_argument("--no-xcache", action="store_true", help="do not start the XCache even if xrootd is installed")
+    condor = p.add_mutually_exclusive_group()
+    condor.add_argument("--htcondor", metavar="DIR",
+                        help="start a one-machine HTCondor pool from this installation (DIR/bin, DIR/sbin); "
+                             "default: when condor_master is on PATH. Dask workers then run as HTCondor jobs")
+    condor.add_argument("--no-htcondor", action="store_true", help="no HTCondor pool even if HTCondor is installed: workers run as local processes")
+    p.add_argument("--worker-python", metavar="PATH",
+                   help="the Python (with dask and distributed) that HTCondor workers run. Jobs run as the pool's slot user: "
+                        "nobody when the demo runs as root (it cannot read /root), else your own user. Default: the demo's own "
+                        "Python, else python3 on PATH, whichever that user can run with distributed (checked; the banner warns "
+                        "when neither can)")
     p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local/jupyterhub_config.py)")
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")

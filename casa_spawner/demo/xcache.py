@@ -1,18 +1,34 @@
-"""An XRootD server playing the facility's XCache on one machine (HTTP + macaroons).
+"""The one-machine facility's XCache: an XRootD origin holding ``/store`` behind a real XCache.
 
-``XCacheServer`` runs Debian's ``xrootd`` 5.5 with ``libXrdHttp`` and
-``libXrdMacaroons``: users present the macaroons the hub issues
-(``Authorization: Bearer <token>``), and the server checks them against the same
-``macaroons.secretkey`` the hub signs with.  The export holds a demo data file under
-``/store/data/...`` and one area per user under ``/store/user/<name>/``.
+Two ``xrootd`` 5.5 processes (Debian ``xrootd-server`` + ``xrootd-server-plugins``):
 
-``xrootd`` refuses to run as root: as root it is started with ``-R nobody``, so
-everything it reads -- configuration, a copy of the secret, the export -- lives in a
-private run directory owned by that account (a state directory under ``/root`` is
-not traversable by ``nobody``).  The run directory, with the secret copy, is deleted
-on :meth:`XCacheServer.stop`.
+* the **origin** serves the export ``/store`` (a demo data file under ``/store/data/...``, one
+  area per user under ``/store/user/<name>/``);
+* the **cache** is XRootD's proxy (``libXrdPss``) with its file cache (``libXrdPfc``) in front of
+  the origin: it stores each file it reads under :attr:`XCacheServer.cache_root`, and serves a
+  file read once from there afterwards (even with the origin down).
 
-:func:`xrootd_config` is the pure builder; :class:`XCacheServer` the side effects.
+Both check the hub's macaroons (``libXrdMacaroons``, the same ``macaroons.secretkey`` the hub signs
+with, ``all.sitename`` = the macaroons' location): a user presents hers as
+``Authorization: Bearer <token>`` over HTTPS, and the cache forwards it to the origin on a miss
+(``authz``), so neither lets a request through that the token does not allow.  Requests without a
+valid macaroon fall through to ``acc.authdb``: only ``public_paths`` are readable that way.
+
+Each run makes its own CA and server certificate (:mod:`.server_tls`) for ``localhost`` and
+``127.0.0.1``; clients verify the cache with the CA certificate (:attr:`XCacheServer.ca_file`,
+copied to ``ca_copy``).  XrdHttp 5.5 also answers plain HTTP on the same port (it detects TLS per
+connection): the address given to notebooks (:attr:`XCacheServer.url`) is the HTTPS one.  The
+cache reaches the origin by ``root://`` on loopback.  Never turn on ``pfc.trace``/``http.trace``
+above ``warning``: they log request URLs with the token.
+
+``xrootd`` refuses to run as root: as root both are started with ``-R nobody``, so everything they
+read -- configuration, a copy of the secret, the TLS key, the export, the cache -- lives in a
+private run directory handed to that account (a state directory under ``/root`` is not traversable
+by ``nobody``).  The run directory, with the secret copy and the key, is deleted on
+:meth:`XCacheServer.stop`.
+
+:func:`xrootd_config` and :func:`cache_config` are the pure builders; :class:`XCacheServer` the
+side effects (processes through :class:`~casa_spawner.processes.ChildProcess`).
 """
 
 from __future__ import annotations
@@ -22,28 +38,30 @@ import base64
 import os
 import pwd
 import shutil
-import signal
+import ssl
 import tempfile
 from pathlib import Path
 
-from jupyterhub.utils import exponential_backoff
 from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from casa_hub.files import atomic_write
 from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.files import atomic_write
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
 
 from ..ports import free_port
+from ..processes import ChildProcess, ProcessStartError
+from .server_tls import make_server_tls
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"
 DEMO_DATA = b"Hello from the casa demo XCache: this file lives under /store/data.\n"
+HOST = "localhost"  #: the name in the servers' certificate and in their URLs
 
 
 class XCacheStartError(CasaError):
-    """The XRootD server did not come up; the message ends with the tail of its log."""
+    """The XCache or its origin did not come up; the message ends with the tail of its log."""
 
 
 def xrootd_config(
@@ -56,10 +74,12 @@ def xrootd_config(
     authdb_path: str,
     maxduration: int = 86400,
     exports: tuple[str, ...] = ("/store",),
+    tls: tuple[str, str, str] | None = None,
     extra_config: tuple[str, ...] = (),
 ) -> str:
-    """The ``xrootd`` configuration: one port for xroot and HTTP, macaroons authorize.
+    """The ``xrootd`` configuration: one port for xroot and HTTP(S), macaroons authorize.
 
+    ``tls`` = (certificate, key, CA file) turns on TLS (XrdHttp then answers HTTPS).
     Requests without a valid macaroon fall through to ``acc.authdb`` (``authdb_path``):
     an empty file refuses them.  Never add ``http.trace all``: it logs bearer tokens.
     """
@@ -70,6 +90,11 @@ def xrootd_config(
         f"all.adminpath {admin_dir}",
         f"all.pidpath {admin_dir}",
         f"xrd.port {int(port)}",
+    ]
+    if tls is not None:
+        cert, key, ca = tls
+        lines += [f"xrd.tls {cert} {key}", f"xrd.tlsca certfile {ca}"]
+    lines += [
         f"xrd.protocol XrdHttp:{int(port)} libXrdHttp.so",
         "http.header2cgi Authorization authz",
         "ofs.authorize 1",
@@ -80,6 +105,14 @@ def xrootd_config(
         *extra_config,
     ]
     return "\n".join(lines) + "\n"
+
+
+def cache_config(*, origin: str, ram: str = "1g") -> tuple[str, ...]:
+    """Lines that turn an :func:`xrootd_config` server into an XCache of ``origin`` (``host:port``).
+
+    Its ``oss.localroot`` becomes the cache's storage.  ``pfc.ram`` below ``1g`` is refused by 5.5.
+    """
+    return ("ofs.osslib libXrdPss.so", f"pss.origin {origin}", "pss.cachelib libXrdPfc.so", f"pfc.ram {ram}")
 
 
 def authdb_rules(public_paths) -> str:
@@ -108,7 +141,7 @@ def ensure_macaroon_secret(path: os.PathLike | str, nbytes: int = 48) -> Path:
 
 
 class XCacheServer(LoggingConfigurable):
-    """A local XRootD server with macaroon authorization, started and stopped asynchronously."""
+    """An origin and an XCache in front of it, both checking macaroons; started and stopped asynchronously."""
 
     sitename = Unicode(
         "CASA_DEMO",
@@ -120,12 +153,14 @@ class XCacheServer(LoggingConfigurable):
         help="""The ``macaroons.secretkey`` file (base64 line, mode 0600), the one the hub signs with.
         Example: ``"/var/lib/casa-demo/macaroon-secret"``.""",
     )
-    port = Int(0, config=True, help="Port for xroot and HTTP; 0 picks a free one.")
+    port = Int(0, config=True, help="The cache's port for xroot and HTTPS; 0 picks a free one.")
+    origin_port = Int(0, config=True, help="The origin's port for xroot and HTTPS; 0 picks a free one.")
     maxduration = Int(86400, config=True, help="``macaroons.maxduration``: longest macaroon life accepted, seconds.")
     users = List(Unicode(), config=True, help="""Users who get an area ``/store/user/<name>/``, e.g. ``["alice", "bob"]``.""")
     files = Dict(
         config=True,
-        help="""Files to serve: export path -> bytes, e.g. ``{"/store/data/x.txt": b"..."}``.
+        help="""Files the origin serves: export path -> bytes, or a local file to copy, e.g.
+        ``{"/store/data/x.txt": b"...", "/store/user/alice/events.root": Path("/tmp/events.root")}``.
         Defaults to the demo data file.""",
     )
 
@@ -139,7 +174,8 @@ class XCacheServer(LoggingConfigurable):
         help="""Export paths anyone may read and list without a token (``acc.authdb`` rule
         ``u * <path> lr``), e.g. ``["/store/data"]`` for open data.  Empty: every request needs a macaroon.""",
     )
-    extra_config = List(Unicode(), config=True, help="""Configuration lines appended verbatim, e.g. ``["macaroons.trace all"]``.""")
+    pfc_ram = Unicode("1g", config=True, help="The cache's ``pfc.ram`` (memory for blocks in flight); 5.5 refuses less than ``1g``.")
+    extra_config = List(Unicode(), config=True, help="""Lines appended verbatim to the cache's configuration, e.g. ``["macaroons.trace all"]``.""")
     run_as = Unicode("nobody", config=True, help="Account ``xrootd -R`` switches to when started as root.")
     xrootd = Unicode(config=True, help="The ``xrootd`` executable; found on PATH by default.")
 
@@ -150,158 +186,204 @@ class XCacheServer(LoggingConfigurable):
     log_copy = Unicode(
         "",
         config=True,
-        help="""Where to keep a copy of the server log when it stops (the run directory is deleted),
-        e.g. ``"/var/lib/casa-demo/logs/xrootd.log"``.  The log never holds a token or the secret.""",
+        help="""Where to keep a copy of the cache's log when it stops (the run directory is deleted),
+        e.g. ``"/var/lib/casa-demo/logs/xcache.log"``; the origin's goes beside it as ``<name>-origin.log``.
+        The logs never hold a token or the secret.""",
     )
-    ready_timeout = Float(30.0, config=True, help="Seconds to wait for the server to answer HTTP before giving up.")
+    ca_copy = Unicode(
+        "",
+        config=True,
+        help="""Where to write the CA certificate clients verify the cache with (public, mode 0644),
+        e.g. ``"/var/lib/casa-demo/xcache-ca.pem"``; it stays after stop (the next run writes a new one).""",
+    )
+    ready_timeout = Float(30.0, config=True, help="Seconds to wait for each server to answer HTTPS before giving up.")
 
     run_dir: Path | None = None
-    process: asyncio.subprocess.Process | None = None
+    cache: ChildProcess | None = None
+    origin: ChildProcess | None = None
+
+    # -- where things are ------------------------------------------------------
 
     @property
     def url(self) -> str:
-        """HTTP(S)-style base URL on loopback: ``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
+        """The cache, as notebooks reach it (``XCACHE_HOST``): ``https://localhost:<port>``."""
+        return f"https://{HOST}:{self.port}"
 
     @property
-    def root_url(self) -> str:
-        """The address given to notebooks as ``XCACHE_HOST``: ``root://127.0.0.1:<port>``."""
-        return f"root://127.0.0.1:{self.port}"
+    def origin_url(self) -> str:
+        """The origin directly (for comparisons; users go through the cache): ``https://localhost:<port>``."""
+        return f"https://{HOST}:{self.origin_port}"
+
+    def _in_run_dir(self, name: str) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("the XCache server is not started")
+        return self.run_dir / name
 
     @property
     def export_root(self) -> Path:
-        if self.run_dir is None:
-            raise RuntimeError("the XCache server is not started")
-        return self.run_dir / "data"
+        """The origin's ``oss.localroot``: ``/store/x`` is ``export_root/store/x``."""
+        return self._in_run_dir("origin")
 
     @property
-    def log_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "xrootd.log"
+    def cache_root(self) -> Path:
+        """The cache's storage: a file read through the cache lands at ``cache_root/store/...`` (with a ``.cinfo``)."""
+        return self._in_run_dir("cache")
+
+    @property
+    def ca_file(self) -> Path:
+        return self._in_run_dir("tls/ca.pem")
+
+    @property
+    def process(self) -> asyncio.subprocess.Process | None:
+        """The cache's ``xrootd`` process (None when stopped)."""
+        return None if self.cache is None else self.cache.process
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts the servers' CA (and nothing else)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except (AttributeError, OSError):
-            return ""
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail(lines)}" for p in (self.origin, self.cache) if p is not None)
 
-    def _prepare_run_dir(self) -> list[str]:
-        """Lay out the private run directory; return the command line (blocking: run in a thread)."""
+    # -- start and stop -----------------------------------------------------------
+
+    def _prepare_run_dir(self) -> tuple[list[str], list[str]]:
+        """Lay out the private run directory; return the origin's and the cache's command lines (blocking)."""
         if not self.xrootd:
             raise ConfigurationError("the xrootd binary is not installed (Debian: xrootd-server xrootd-server-plugins)")
         decode_secret(read_secret_file(self.secret_file, "macaroon secret"))  # fail early and clearly
-        as_root = os.geteuid() == 0
-        run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix="casa-xcache-"))
-        os.chmod(run_dir, 0o700 if not as_root else 0o711)
-        export_root = run_dir / "data"
-        (export_root / "store").mkdir(parents=True)
         for name in self.users:
             if not name or "/" in name or name in (".", ".."):
                 raise ConfigurationError(f"invalid XCache user area name {name!r}")
+        for export_path in self.files:
+            if not export_path.startswith("/store/") or ".." in Path(export_path).parts:
+                raise ConfigurationError(f"XCache file {export_path!r} must lie under /store/")
+        authdb_text = authdb_rules(self.public_paths)
+        as_root = os.geteuid() == 0
+        run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix="casa-xcache-"))
+        os.chmod(run_dir, 0o711 if as_root else 0o700)
+        export_root, cache_root = run_dir / "origin", run_dir / "cache"
+        (export_root / "store").mkdir(parents=True)
+        (cache_root / "store").mkdir(parents=True)
+        for name in self.users:
             (export_root / "store" / "user" / name).mkdir(parents=True, exist_ok=True)
         for export_path, content in self.files.items():
             target = export_root / export_path.lstrip("/")
-            if not export_path.startswith("/store/") or ".." in Path(export_path).parts:
-                raise ConfigurationError(f"XCache file {export_path!r} must lie under /store/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-        admin_dir = run_dir / "admin"
-        admin_dir.mkdir()
+            if isinstance(content, (bytes, bytearray)):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
+        tls_dir = run_dir / "tls"
+        tls_dir.mkdir(mode=0o700)
+        tls = make_server_tls((HOST, "127.0.0.1"))
+        (tls_dir / "ca.pem").write_bytes(tls.ca_pem)
+        (tls_dir / "cert.pem").write_bytes(tls.cert_pem)
+        atomic_write(tls_dir / "key.pem", tls.key_pem, mode=0o600)  # xrootd refuses a key others can read
+        os.chmod(tls_dir, 0o755)
         secret_copy = run_dir / "macaroon-secret"
         fd = os.open(secret_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(Path(self.secret_file).read_bytes())
         authdb = run_dir / "authdb"
-        authdb.write_text(authdb_rules(self.public_paths))
+        authdb.write_text(authdb_text)
+        if not self.origin_port:
+            self.origin_port = free_port()
         if not self.port:
             self.port = free_port()
-        config = run_dir / "xrootd.cfg"
-        config.write_text(
-            xrootd_config(
-                port=self.port,
-                sitename=self.sitename,
-                secret_path=str(secret_copy),
-                export_root=str(export_root),
-                admin_dir=str(admin_dir),
-                authdb_path=str(authdb),
-                maxduration=self.maxduration,
-                extra_config=tuple(self.extra_config),
-            )
+        common = dict(
+            sitename=self.sitename, secret_path=str(secret_copy), authdb_path=str(authdb), maxduration=self.maxduration,
+            tls=(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem"), str(tls_dir / "ca.pem")),
         )
-        cmd = [self.xrootd, "-c", str(config)]
+        commands = []
+        for role, port, root, extra in (
+            ("origin", self.origin_port, export_root, ()),
+            ("cache", self.port, cache_root, (*cache_config(origin=f"127.0.0.1:{self.origin_port}", ram=self.pfc_ram), *self.extra_config)),
+        ):
+            admin = run_dir / f"admin-{role}"
+            admin.mkdir()
+            config = run_dir / f"{role}.cfg"
+            config.write_text(xrootd_config(port=port, export_root=str(root), admin_dir=str(admin), extra_config=tuple(extra), **common))
+            commands.append([self.xrootd, *(["-R", self.run_as] if as_root else []), "-c", str(config)])
         if as_root:
             pw = pwd.getpwnam(self.run_as)
             for path in [run_dir, *run_dir.rglob("*")]:
                 os.lchown(path, pw.pw_uid, pw.pw_gid)
-            cmd[1:1] = ["-R", self.run_as]
-        return cmd
+        if self.ca_copy:
+            Path(self.ca_copy).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(self.ca_copy), tls.ca_pem, mode=0o644)
+        return commands[0], commands[1]
 
     async def start(self) -> None:
-        """Start ``xrootd`` and return once it answers HTTP; on failure nothing is left behind."""
-        if self.process is not None:
+        """Start the origin, then the cache; return once both answer HTTPS.  On failure nothing is left behind."""
+        if self.cache is not None:
             raise RuntimeError("the XCache server is already started")
         try:
-            cmd = await asyncio.to_thread(self._prepare_run_dir)
-            with open(self.log_path, "wb") as log:
-                self.process = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                    cwd=str(self.run_dir), start_new_session=True,
-                )
-            self.log.info("XCache stand-in (xrootd pid %s) starting on port %s", self.process.pid, self.port)
-            await exponential_backoff(
-                self._answers_http,
-                f"xrootd did not answer HTTP on port {self.port} within {self.ready_timeout:.0f}s",
-                timeout=self.ready_timeout,
-                max_wait=1,
-            )
-        except (asyncio.TimeoutError, XCacheStartError) as e:
-            tail = self.log_tail()
+            origin_cmd, cache_cmd = await asyncio.to_thread(self._prepare_run_dir)
+            context = await asyncio.to_thread(self.ssl_context)
+            for role, cmd, port in (("origin", origin_cmd, self.origin_port), ("cache", cache_cmd, self.port)):
+                proc = ChildProcess(f"the XCache's {role} (xrootd)" if role == "origin" else "the XCache (xrootd)", cmd,
+                                    log_path=self.run_dir / f"{role}.log", cwd=self.run_dir)
+                setattr(self, role, proc)
+                await proc.start()
+                self.log.info("XCache %s (xrootd pid %s) starting on port %s", role, proc.pid, port)
+                await proc.wait_ready(lambda port=port: self._answers_https(port, context), self.ready_timeout,
+                                      interval=0.2, what="answering HTTPS on port %d" % port)
+        except ProcessStartError as e:
             await self.stop()
-            raise XCacheStartError(f"{e}\n--- xrootd log tail ---\n{tail}") from None
+            raise XCacheStartError(f"{e}\n--- end of xrootd log ---") from None
         except BaseException:  # cancelled (Ctrl-C while starting) or anything else: leave nothing
             await self.stop()
             raise
 
-    async def _answers_http(self) -> bool:
-        if self.process.returncode is not None:
-            raise XCacheStartError(f"xrootd exited with status {self.process.returncode} during startup")
+    async def _answers_https(self, port: int, context: ssl.SSLContext) -> bool:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2)
-        except (OSError, asyncio.TimeoutError):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=HOST), 5)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
             return False
         try:
-            writer.write(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            writer.write(f"HEAD / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
-            status = await asyncio.wait_for(reader.readline(), 2)
+            status = await asyncio.wait_for(reader.readline(), 5)
             return status.startswith(b"HTTP/")  # any status: XrdHttp is serving
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
             return False
         finally:
             writer.close()
 
+    async def wait(self) -> int:
+        """Return (the exit status) as soon as the cache or its origin exits."""
+        waits = [asyncio.ensure_future(p.process.wait()) for p in (self.origin, self.cache) if p is not None and p.process is not None]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return done.pop().result()
+        finally:
+            for task in waits:
+                task.cancel()
+
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and delete its run directory.  Idempotent."""
-        proc, self.process = self.process, None
-        if proc is not None and proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        if proc is not None:
-            self.log.info("XCache stand-in stopped")
+        """Stop the cache, then the origin (SIGTERM, then SIGKILL) and delete the run directory.  Idempotent."""
+        stopped = False
+        for role in ("cache", "origin"):
+            proc = getattr(self, role)
+            setattr(self, role, None)
+            if proc is not None:
+                await proc.stop(timeout)
+                stopped = True
+        if stopped:
+            self.log.info("XCache stopped")
         run_dir, self.run_dir = self.run_dir, None
         if run_dir is not None:
-            await asyncio.to_thread(self._keep_log_and_remove, run_dir)
+            await asyncio.to_thread(self._keep_logs_and_remove, run_dir)
 
-    def _keep_log_and_remove(self, run_dir: Path) -> None:
-        if self.log_copy and (run_dir / "xrootd.log").exists():
-            try:
-                shutil.copyfile(run_dir / "xrootd.log", self.log_copy)
-            except OSError as e:
-                self.log.warning("Could not keep the xrootd log in %s: %s", self.log_copy, e)
+    def _keep_logs_and_remove(self, run_dir: Path) -> None:
+        if self.log_copy:
+            copy = Path(self.log_copy)
+            for role, target in (("cache", copy), ("origin", copy.with_name(f"{copy.stem}-origin{copy.suffix}"))):
+                if (run_dir / f"{role}.log").exists():
+                    try:
+                        shutil.copyfile(run_dir / f"{role}.log", target)
+                    except OSError as e:
+                        self.log.warning("Could not keep the xrootd log in %s: %s", target, e)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -17,7 +17,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from casa_hub.errors import ConfigurationError
+from casa_condor import submit
+from casa_condor.submit import TRANSFER_KEYS, ad_attribute_keys
 
 SCHEDULER, WORKER = "scheduler", "worker"
 TLS_CERT, TLS_KEY, API_TOKEN, JOB_SCRIPT = "dask.crt", "dask.pem", "api-token", "dask-gateway-job.sh"
@@ -27,17 +28,9 @@ CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR = "DaskGatewayCluster", "DaskGatewayRole", 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_SUBMIT_KEY = re.compile(r"^(\+|MY\.)?[A-Za-z_][A-Za-z0-9_.]*$")
 #: submit commands the backend owns: an operator's extra directives may not replace them, so
 #: nothing can put the environment or a credential into the job ad, or keep jobs in the queue
-RESERVED_SUBMIT_KEYS = frozenset(
-    k.lower() for k in (
-        "universe", "executable", "arguments", "args", "environment", "env", "getenv", "transfer_executable",
-        "transfer_input_files", "encrypt_input_files", "dont_encrypt_input_files", "should_transfer_files",
-        "when_to_transfer_output", "leave_in_queue", "queue", "initialdir", "request_cpus", "request_memory",
-        "batch_name", "container_image",
-    )
-) | {f"+{a}".lower() for a in (CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR)} | {f"my.{a}".lower() for a in (CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR)}
+RESERVED_SUBMIT_KEYS = TRANSFER_KEYS | {"request_cpus", "request_memory"} | ad_attribute_keys(CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR)
 
 
 def memory_mib(nbytes: int) -> int:
@@ -66,17 +59,7 @@ def check_environment(env: Mapping[str, str], what: str = "environment") -> dict
 
 def check_extra_directives(directives: Mapping[str, str]) -> dict[str, str]:
     """Operator's extra submit commands, refused where they would replace what the backend sets."""
-    out = {}
-    for key, value in directives.items():
-        if not _SUBMIT_KEY.match(key):
-            raise ConfigurationError(f"job_extra_directives: {key!r} is not a submit command")
-        if key.lower() in RESERVED_SUBMIT_KEYS:
-            raise ConfigurationError(f"job_extra_directives: {key!r} is set by the HTCondor backend itself")
-        value = str(value)
-        if "\n" in value or "\r" in value:
-            raise ConfigurationError(f"job_extra_directives: the value of {key!r} spans lines")
-        out[key] = value
-    return out
+    return submit.check_extra_directives(directives, RESERVED_SUBMIT_KEYS, "job_extra_directives", owner="the HTCondor backend")
 
 
 def job_script(command: Sequence[str], environment: Mapping[str, str], setup: str = "") -> str:
@@ -133,7 +116,6 @@ class GatewayJob:
 
     def submit_description(self) -> str:
         """The submit description (``condor_submit`` input); every file travels with ``-spool``, encrypted."""
-        files = ", ".join(sorted(self.files))
         tag = self.worker_name or self.cluster_name
         lines = [
             f"universe = {'container' if self.image else 'vanilla'}",
@@ -141,10 +123,7 @@ class GatewayJob:
             "transfer_executable = false",
             f"arguments = {JOB_SCRIPT}",  # a plain file name: nothing to quote
             "getenv = false",
-            "should_transfer_files = YES",
-            "when_to_transfer_output = ON_EXIT",
-            f"transfer_input_files = {files}",
-            f"encrypt_input_files = {files}",
+            *(f"{k} = {v}" for k, v in submit.spooled_files(self.files).items()),
             "leave_in_queue = false",
             f"request_cpus = {int(self.cores)}",
             f"request_memory = {memory_mib(self.memory)}",

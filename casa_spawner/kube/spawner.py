@@ -57,6 +57,7 @@ from casa_hub.plan import SessionPlan, plan_session
 from casa_hub import metrics
 from casa_hub.metrics import spawn_step
 
+from ..session_jobs import SessionJobs
 from . import objects as ko
 from ..refresh import RENEW, STOP, session_started, upkeep
 from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi
@@ -194,6 +195,7 @@ class CasaKubeSpawner(KubeSpawner):
     _access_token: AccessToken | None = None
     _plan: SessionPlan | None = None
     _bundle: CredentialBundle | None = None
+    _session_id: str = ""  #: this start's CASA_SESSION_ID, kept in the state: stop() removes its jobs
 
     # -- names and options ----------------------------------------------------
 
@@ -247,7 +249,7 @@ class CasaKubeSpawner(KubeSpawner):
                 f"({self.facility.names(self.user.name).scheduler_address}), so CasaKubeSpawner runs the default server only"
             )
         self._plan = await self.plan_new_session()
-        self._bundle = self._plan.bundle
+        self._bundle, self._session_id = self._plan.bundle, self._plan.session_id
         try:
             url = await super().start()
             session_started(self, self._bundle)  # metrics and background refresh (casa_spawner.refresh)
@@ -289,7 +291,8 @@ class CasaKubeSpawner(KubeSpawner):
     async def preview_manifests(self, pod_uid: str = "<uid of the pod>") -> list[dict]:
         """Plan a session and return, as JSON, the pod and every extra object this spawner
         would create (``casa render``); nothing is sent to Kubernetes."""
-        self._plan = await self.plan_new_session()
+        plan = await self.plan_new_session()
+        self._plan = dataclasses.replace(plan, session_id="<a new id at each start>")  # the same text on every render
         pod = ko.to_json(await self.get_pod_manifest())
         return [pod, *self.build_session_objects(pod_uid)]
 
@@ -346,7 +349,10 @@ class CasaKubeSpawner(KubeSpawner):
         try:
             await super().stop(now)
         finally:
-            await self.delete_session_objects()
+            try:
+                await self.delete_session_objects()
+            finally:  # the notebook is gone: nothing submits any more; never raises
+                await SessionJobs(parent=self, facility=self.facility).remove(self.user.name, self._session_id)
 
     # -- renewal ----------------------------------------------------------------
 
@@ -409,6 +415,8 @@ class CasaKubeSpawner(KubeSpawner):
         state = super().get_state()
         if self._bundle is not None:
             state["casa_renewable"] = [f.metadata() for f in self._bundle.files if f.kind in STATE_KINDS]
+        if self._session_id:
+            state["casa_session_id"] = self._session_id
         return state
 
     def load_state(self, state):
@@ -418,8 +426,10 @@ class CasaKubeSpawner(KubeSpawner):
         saved = state.get("casa_renewable")
         if saved is not None and self._bundle is None:
             self._bundle = CredentialBundle(tuple(CredentialFile.from_metadata(s, b"") for s in saved))
+        self._session_id = state.get("casa_session_id", self._session_id)
 
     def clear_state(self):
         super().clear_state()
         self._plan = None
         self._bundle = None
+        self._session_id = ""

@@ -1,4 +1,4 @@
-# The one-machine facility: JupyterHub + Traefik + CasaLocalSpawner (+ the XCache stand-in).
+# The one-machine facility: JupyterHub + Traefik + CasaLocalSpawner (+ the XCache, + an HTCondor pool).
 #
 # A JupyterHub configuration file shipped inside the package (not a module to import), so
 # `casa demo` works from any install, editable or not.  `casa demo` runs JupyterHub with it and
@@ -19,10 +19,14 @@
 # CASA_LOCAL_ROUTES_DIR        directory Traefik's `dask` file provider watches
 # CASA_LOCAL_USERS             demo users, comma-separated (alice,bob); CASA_LOCAL_ADMINS (alice);
 # CASA_LOCAL_DEMO_PASSWORD     their password (empty: any password)
-# CASA_LOCAL_MACAROON_SECRET_FILE, CASA_LOCAL_XCACHE_SITE, CASA_LOCAL_XCACHE_HOST
-#                              the XCache stand-in: hub-issued macaroons for /store/user/<name>/
+# CASA_LOCAL_MACAROON_SECRET_FILE, CASA_LOCAL_XCACHE_SITE, CASA_LOCAL_XCACHE_HOST, _XCACHE_CA_FILE
+#                              the XCache: hub-issued macaroons for /store/user/<name>/, over HTTPS
+#                              verified with the CA in _XCACHE_CA_FILE (given to notebooks as XCACHE_CA_FILE)
 # CASA_LOCAL_OIDC_ISSUER, _CLIENT_ID, _CLIENT_SECRET_FILE, _ALLOWED_GROUPS (comma-separated)
 #                              log in with an OpenID Connect provider instead of the demo users
+# CASA_LOCAL_CONDOR_SCHEDD, _COLLECTOR, _TRUST_DOMAIN, _SIGNING_KEY_FILE, _BIN; CASA_LOCAL_WORKER_PYTHON
+#                              an HTCondor pool: every session gets an IDTOKEN, the schedd and the
+#                              collector, and CasaCluster submits its workers there (this Python)
 
 import os
 import secrets
@@ -30,6 +34,7 @@ import sys
 from pathlib import Path
 
 import casa_auth
+import casa_session.page
 
 c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
 
@@ -93,6 +98,10 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")  # the hub's own environment
 c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
+# the casa page (/user/<name>/casa/: scheduler address, expiries, the laptop's client bundle), from
+# the package's own Jupyter configuration (an editable install does not put it in <prefix>/etc/jupyter)
+c.Spawner.environment = {"JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR}
+c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR  # the columnar analysis example, in every home
 
 # -- the facility -------------------------------------------------------------
 c.Facility.domain = env("CASA_LOCAL_DOMAIN", "localhost")
@@ -102,8 +111,24 @@ if env("CASA_LOCAL_MACAROON_SECRET_FILE"):
     c.Facility.xcache_site = env("CASA_LOCAL_XCACHE_SITE", "CASA_DEMO")
     c.Facility.xcache_host = env("CASA_LOCAL_XCACHE_HOST", "")
     # one path per macaroon (XRootD ANDs path caveats): each user reads and lists their own area;
-    # /store/data is open data on the stand-in
+    # /store/data is open data on the XCache
     c.Facility.xcache_paths = ["/store/user/{username}"]
     c.Facility.xcache_token_lifetime = 12 * 3600
+    if env("CASA_LOCAL_XCACHE_CA_FILE"):  # the demo's own CA (a site's XCache has a grid certificate)
+        c.Spawner.environment["XCACHE_CA_FILE"] = env("CASA_LOCAL_XCACHE_CA_FILE")
+
+if env("CASA_LOCAL_CONDOR_SCHEDD"):
+    c.Facility.signing_key_file = env("CASA_LOCAL_CONDOR_SIGNING_KEY_FILE", "")  # a path: only the hub reads it
+    c.Facility.trust_domain = env("CASA_LOCAL_CONDOR_TRUST_DOMAIN", "casa.demo")
+    c.Facility.collector_host = env("CASA_LOCAL_CONDOR_COLLECTOR", "")
+    c.Facility.schedd_host = env("CASA_LOCAL_CONDOR_SCHEDD")
+    # the sessions' HTCondor tools read no configuration file: the pool is in the _CONDOR_* variables
+    c.SessionJobs.condor_config = "ONLY_ENV"
+    if env("CASA_LOCAL_CONDOR_BIN"):
+        c.SessionJobs.remove_command = os.path.join(env("CASA_LOCAL_CONDOR_BIN"), "condor_rm")
+    c.CasaLocalSpawner.environment = {
+        "CONDOR_CONFIG": "ONLY_ENV",
+        "DASK_JOBQUEUE__CASA__PYTHON": env("CASA_LOCAL_WORKER_PYTHON", sys.executable),
+    }
 
 # site overrides go in config/local/jupyterhub_config.py (after it loads this file) or a second -f file

@@ -39,6 +39,7 @@ from casa_hub.metrics import spawn_step
 
 from ..ports import tcp_accepts
 from ..refresh import RENEW, STOP, session_started, upkeep
+from ..session_jobs import SessionJobs
 from .routes import remove_route_file, write_route_file
 
 STATE_KEY = "casa"
@@ -87,6 +88,13 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         config=True,
         help="""Home directory of the notebook (``{username}``, ``{slug}``); defaults to ``<state_dir>/home/{slug}``.""",
     )
+    home_skeleton = Unicode(
+        "",
+        config=True,
+        help="""A directory whose files are copied into the user's home at each start where the home
+        has no file of that name (like ``/etc/skel``; the user's own edits are kept), e.g. example
+        notebooks.  Example: ``c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR``.""",
+    )
     facility = Instance(
         Facility,
         help="""The facility model (``c.Facility.*``); defaults to the hub's shared ``Facility.instance()``,
@@ -109,8 +117,10 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         self.scheduler_proc: asyncio.subprocess.Process | None = None
         self.scheduler_pid = 0
         self.scheduler_port = 0
+        self.dashboard_port = 0
         self.session_dir = ""
         self.route_name = ""
+        self.session_id = ""  #: this start's CASA_SESSION_ID: teardown removes its HTCondor jobs
         self.bundle: CredentialBundle | None = None
         self.session_env: dict[str, str] = {}
         self._stopping = False
@@ -138,6 +148,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
                 "scheduler_port": self.scheduler_port,
                 "session_dir": self.session_dir,
                 "route_name": self.route_name,
+                "session_id": self.session_id,
                 "credentials": [f.metadata() for f in (self.bundle.files if self.bundle else ())],
             }
         return state
@@ -150,6 +161,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             self.scheduler_port = int(saved.get("scheduler_port") or 0)
             self.session_dir = saved.get("session_dir", "")
             self.route_name = saved.get("route_name", "")
+            self.session_id = saved.get("session_id", "")
             self.bundle = _bundle_from_disk(self.credentials_dir, self.scheduler_dir, saved.get("credentials", []))
 
     # -- environment ------------------------------------------------------------
@@ -179,10 +191,13 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         try:
             plan = await self._materialise()
             self.session_env = plan.environment(
-                self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}"
+                self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}",
+                dashboard_url=f"http://127.0.0.1:{self.dashboard_port}/status",  # loopback: this machine's browser
             )
             if self.scheduler_connect_host:
                 self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host
+            if self.home_skeleton:
+                await asyncio.to_thread(_copy_missing, self.home_skeleton, self.home_dir)
             started = await super().start()
             session_started(self, self.bundle)  # metrics and background refresh (casa_spawner.refresh)
             return started
@@ -205,6 +220,8 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
         scheduler = dataclasses.replace(plan.scheduler, port=port, dashboard_port=dashboard_port)
         plan = dataclasses.replace(plan, scheduler=scheduler)
         self.bundle, self.scheduler_port, self.route_name = bundle, port, plan.route.name
+        self.dashboard_port = dashboard_port
+        self.session_id = plan.session_id
 
         await asyncio.to_thread(make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
@@ -309,6 +326,7 @@ class CasaLocalSpawner(SimpleLocalProcessSpawner):
             if self.route_name:
                 await asyncio.to_thread(remove_route_file, self.routes_dir, self.route_name)
             await self._stop_scheduler()
+            await SessionJobs(parent=self, facility=self.facility).remove(self.user.name, self.session_id)  # never raises
             if self.session_dir:
                 await asyncio.to_thread(shutil.rmtree, self.session_dir, True)
             self._reset_session()  # the session's state goes exactly when its resources have
@@ -372,6 +390,20 @@ def _is_our_process(pid: int, scheduler_dir: str) -> bool:
     except FileNotFoundError:
         return False
     return any(arg.decode(errors="replace").startswith(scheduler_dir + os.sep) for arg in cmdline)
+
+
+def _copy_missing(skeleton: str, home: str) -> None:
+    """Copy the files of ``skeleton`` into ``home`` where ``home`` has none of that name (blocking)."""
+    src = Path(skeleton)
+    if not src.is_dir():
+        raise ConfigurationError(f"CasaLocalSpawner.home_skeleton {skeleton!r} is not a directory")
+    for path in sorted(src.rglob("*")):
+        target = Path(home, path.relative_to(src))
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -15,6 +15,7 @@
 # CASA_XCACHE_HOST         root://... of the XCache
 # CASA_KEYS_DIR            where the hub's init container put the master keys (0600, hub uid)
 # CASA_SESSION_IMAGE       image with jupyterhub-casa for the credential-sync sidecar (the hub image)
+# CASA_WORKER_IMAGE        the Dask workers' image, run by HTCondor's docker universe (as in the slides)
 # OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET: from the jhub-cms-auth Secret; auth_state's key: the chart's
 # c.CryptKeeper.keys (its own Secret, see values.yaml)
 
@@ -75,3 +76,28 @@ c.CasaKubeSpawner.scheduler_resources = {
 }
 c.CasaKubeSpawner.uid = 1000  # jovyan: owner of the credential files
 c.CasaKubeSpawner.gid = 100
+
+# -- Dask workers: HTCondor jobs on the site's schedd (c.Facility.schedd_host), each user's own IDTOKEN ----
+# CasaCluster() in a notebook reads dask config `jobqueue.casa` (defaults: casa_session/casa.yaml); the
+# site's choices travel as DASK_JOBQUEUE__CASA__* variables of the notebook.  As in the slides: the
+# worker image runs in HTCondor's docker universe, its Dask port published as the container service
+# "dask" (container_service_names / dask_container_port).  Values are parsed as Python literals where
+# they are one (dask's rule): "2" is a number, "6 GiB" stays a string.
+worker_env = {
+    "CONDOR_CONFIG": "ONLY_ENV",  # the pool is in the _CONDOR_* variables the spawner sets
+    "DASK_JOBQUEUE__CASA__UNIVERSE": "docker",
+    "DASK_JOBQUEUE__CASA__WORKER_IMAGE": env("CASA_WORKER_IMAGE", "coffeateam/coffea-casa-analysis:latest"),
+    "DASK_JOBQUEUE__CASA__PYTHON": "python3",  # the image's Python
+    "DASK_JOBQUEUE__CASA__CORES": "2",
+    "DASK_JOBQUEUE__CASA__MEMORY": "6 GiB",
+    "DASK_JOBQUEUE__CASA__DEATH_TIMEOUT": "60",
+    # one variable per submit command (dask nests at "__"; KubeSpawner would read braces as a template)
+    "DASK_JOBQUEUE__CASA__JOB_EXTRA_DIRECTIVES__CONTAINER_SERVICE_NAMES": "dask",
+    "DASK_JOBQUEUE__CASA__JOB_EXTRA_DIRECTIVES__DASK_CONTAINER_PORT": "8786",
+}
+# the chart's singleuser.extraEnv (c.KubeSpawner.environment) is kept and wins, e.g. DASK_JOBQUEUE__CASA__CORES: "4"
+c.KubeSpawner.environment = {**worker_env, **(c.KubeSpawner.get("environment") or {})}
+# when a session stops, the hub removes its remaining jobs as the user (c.SessionJobs): the hub image
+# needs HTCondor's condor_rm (e.g. the htcondor package), else each stop logs one warning and the
+# workers end by their death-timeout once the scheduler is gone
+c.SessionJobs.timeout = 30

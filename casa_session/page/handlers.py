@@ -1,0 +1,54 @@
+"""The casa page's two handlers: the page, and the bundle download.
+
+Both are ``JupyterHandler`` s behind ``@web.authenticated`` and jupyter_server's ``@authorized``:
+in a JupyterHub single-user server that is the hub's OAuth, so only users the hub lets into this
+server get an answer.  Neither is cached by the browser (the bundle holds a private key).
+"""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import JupyterHandler
+from tornado import web
+
+from .bundle import build_bundle, bundle_name
+from .html import render_page
+from .info import session_info
+
+AUTH_RESOURCE = "casa"
+
+
+class _CasaHandler(JupyterHandler):
+    auth_resource = AUTH_RESOURCE
+
+    def set_default_headers(self):
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+
+    def info_or_none(self):
+        try:
+            return session_info()
+        except LookupError as e:
+            self.log.info("casa page: %s", e)
+            return None
+
+
+class PageHandler(_CasaHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        info = self.info_or_none()
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(render_page(info, bundle_url=self.base_url + "casa/bundle", user=self.current_user.username))
+
+
+class BundleHandler(_CasaHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        info = self.info_or_none()
+        if info is None:
+            raise web.HTTPError(404, "no casa session here: nothing to download")
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", f'attachment; filename="{bundle_name(info)}"')
+        self.finish(build_bundle(info))

@@ -1,0 +1,128 @@
+"""A session as the spawner leaves it, on the real pool: a Facility plan's files and environment,
+a real TLS scheduler, and a real Traefik routing ``<slug>.dask.<domain>`` to it by SNI.
+
+    site = HTCondorSite(pool, workdir).start()   # credentials from Facility.issue_bundle("alice")
+    site.env                                     # the notebook's environment (CASA_SESSION_ID, _CONDOR_*, ...)
+    site.stop()
+
+Used by tests/test_htcondor_workers_e2e.py and bench/htcondor_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+from casa_hub.plan import plan_session
+from casa_session.htcondor_workers import LoopThread
+from casa_spawner.demo.traefik import TraefikProcess
+from casa_spawner.local.routes import write_route_file
+from casa_spawner.ports import free_port
+from tests.condor_pool import TRUST_DOMAIN, PoolThread
+from tests.facilities import MasterSecrets, new_facility
+
+USER = "alice"
+DOMAIN = "casa.test"
+
+
+class HTCondorSite:
+    """One user's session on ``pool``: plan, credentials, scheduler and Traefik (the public port)."""
+
+    def __init__(self, pool: PoolThread, workdir: Path, user: str = USER):
+        self.pool = pool
+        self.workdir = Path(workdir)
+        self.user = user
+        self.master = MasterSecrets(signing_key=pool.signing_key, macaroon_secret=secrets.token_bytes(48))
+        self.traefik_port, self.scheduler_port = free_port(), free_port()
+        self.facility = new_facility(
+            self.workdir / "keys", self.master, domain=DOMAIN, trust_domain=TRUST_DOMAIN,
+            collector_host=pool.pool.collector_host, schedd_host=pool.pool.schedd_name,
+            dask_port=self.traefik_port, scheduler_port=self.scheduler_port, dashboard_port=free_port(),
+        )
+        self.plan = plan_session(self.facility, user, self.facility.issue_bundle(user))
+        self.creds = self.workdir / "credentials"
+        self.session_id = f"test-{secrets.token_hex(6)}"
+        self._loop = LoopThread("traefik")
+        self.traefik = TraefikProcess(self.workdir / "traefik", dask_port=self.traefik_port)
+        self.scheduler: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The notebook's environment: the plan's, plus what a pod on this machine needs (tools on PATH,
+        no HTCondor config file, the scheduler name not resolvable so Traefik is dialled at 127.0.0.1)."""
+        env = self.plan.environment(str(self.creds), f"tls://127.0.0.1:{self.scheduler_port}")
+        return {
+            **env,
+            "CASA_SESSION_ID": self.session_id,
+            "CASA_SCHEDULER_CONNECT_HOST": "127.0.0.1",
+            "CONDOR_CONFIG": "ONLY_ENV",
+            "PATH": f"{self.pool.install.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    @property
+    def identity(self) -> str:
+        return self.facility.condor_identity_of(self.user)
+
+    def start(self) -> "HTCondorSite":
+        self.plan.bundle.write_to(self.creds)
+        spec = self.plan.scheduler
+        log = open(self.workdir / "scheduler.log", "wb")
+        with log:
+            self.scheduler = subprocess.Popen(
+                spec.command(str(self.creds), host="127.0.0.1", dashboard_host="127.0.0.1"),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            self._loop.run(self.traefik.start(), 60)
+            write_route_file(self.traefik.routes_dir, self.plan.route, f"127.0.0.1:{self.scheduler_port}")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.scheduler_port), 1).close()
+                    break
+                except OSError:
+                    if self.scheduler.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the scheduler did not start: " + (self.workdir / "scheduler.log").read_text())
+                    time.sleep(0.2)
+            self._wait_for_route(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_route(self, deadline: float) -> None:
+        """Until Traefik has read the route file: a TLS handshake by SNI reaches the scheduler's certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.creds / "dask" / "ca.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(self.creds / "dask" / "client.pem"))
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.traefik_port), 2) as sock:
+                    with ctx.wrap_socket(sock, server_hostname=self.plan.route.host):
+                        return
+            except (OSError, ssl.SSLError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Traefik did not route the scheduler's name:\n" + self.traefik.log_tail()) from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        try:
+            if self.scheduler is not None and self.scheduler.poll() is None:
+                self.scheduler.terminate()
+                try:
+                    self.scheduler.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.scheduler.kill()
+                    self.scheduler.wait()
+            self._loop.run(self.traefik.stop(), 30)
+        finally:
+            self._loop.close()
+
+    def session_jobs(self, *attrs: str) -> list[list[str]]:
+        """This session's jobs in the queue (read as the pool's admin)."""
+        return self.pool.queue(f'CasaSession == "{self.session_id}"', *(attrs or ("ClusterId",)))
