@@ -294,7 +294,13 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         if "userinfo" in self.group_claim_sources:
             sources["userinfo"] = auth_state.get(self.user_auth_state_key)
         if "id_token" in self.group_claim_sources:
-            sources["id_token"] = self.id_token_claims_of(auth_state)
+            claims = self.id_token_claims_of(auth_state)
+            # a refresh that kept the old token response re-reads userinfo but keeps the login's ID token:
+            # once expired, its groups are stale (a user removed from a group would keep it), so a fresh
+            # userinfo answer alone counts
+            stale = isinstance(claims, dict) and isinstance(claims.get("exp"), (int, float)) and claims["exp"] < time.time()
+            if not (stale and sources.get("userinfo") is not None):
+                sources["id_token"] = claims
         return list(extract_groups(sources, self.group_claims))
 
     async def build_auth_state_dict(self, token_info, user_info):
@@ -436,9 +442,11 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
             if self.refresh_user_hook is None and expired and not (stored or {}).get("refresh_token"):
                 # nothing can make this token work again: no round trip to the IdP
                 self.log.info("The access token of %s expired and there is no refresh token", user.name)
-                return False
+                return self._refresh_failed(user, "idp-refused", "the access token expired and there is no refresh token")
             # the operator's refresh_user_hook first, then the stored token, the refresh token on a 4xx
             model = await super().refresh_user(user, handler, **kwargs)
+            if model is False:
+                return self._refresh_failed(user, "idp-refused", "the identity provider refused the login's tokens")
             if not isinstance(model, dict):
                 return model
             model = await self._renew_if_due(user, model, handler)
@@ -447,7 +455,8 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
                 await user.save_auth_state(model["auth_state"])
         if not await super().check_allowed(user.name, model):
             self.log.warning("%s is no longer in an allowed group (has %s)", user.name, model.get("groups"))
-            return False
+            return self._refresh_failed(user, "group-removed", f"no longer in an allowed group (has {', '.join(sorted(model.get('groups') or [])) or 'none'})")
+        self._refresh_failures.pop(user.name, None)
         return True if self._unchanged(user, model, stored) else model
 
     async def refresh_user(self, user, handler=None, **kwargs):
@@ -468,11 +477,32 @@ class CasaOAuthenticator(CasaGroupRules, CasaLoginPage, GenericOAuthenticator):
         except HTTPClientError as e:
             reason = "could not be reached" if e.code == 599 else f"answered HTTP {e.code}"
             self.log.warning("Refreshing the login of %s failed, a new login is required: the identity provider %s", user.name, reason)
+            return self._refresh_failed(user, "idp-refused" if 400 <= e.code < 500 else "idp-unreachable", f"the identity provider {reason}")
         except OSError as e:
             self.log.warning("Refreshing the login of %s failed, a new login is required: the identity provider could not be reached (%s)",
                              user.name, e)
+            return self._refresh_failed(user, "idp-unreachable", "the identity provider could not be reached")
         except (web.HTTPError, ValueError, KeyError) as e:  # scrubbed oauthenticator errors, MalformedClaims, bad JSON
             self.log.warning("Refreshing the login of %s failed, a new login is required: %s", user.name, _safe_reason(e))
+            return self._refresh_failed(user, "other", _safe_reason(e))
         except Exception:
             self.log.exception("Refreshing the login of %s failed with an unexpected error; a new login is required", user.name)
+        return self._refresh_failed(user, "other", "an unexpected error in the hub")
+
+    # why the last refresh of a user failed, for the background refresh of running sessions
+    # (casa_spawner.refresh): a refused token or a lost group ends access, an unreachable IdP does not
+
+    @property
+    def _refresh_failures(self) -> dict:
+        return self.__dict__.setdefault("_casa_refresh_failures", {})
+
+    def _refresh_failed(self, user, category: str, reason: str) -> bool:
+        self._refresh_failures[user.name] = (category, reason)
         return False
+
+    def refresh_failure(self, username: str) -> tuple[str, str] | None:
+        """``(category, reason)`` of the last failed ``refresh_user`` of ``username`` (None after a success).
+
+        Categories: ``idp-refused`` (the refresh token or the login is refused), ``group-removed``
+        (no longer in an allowed group), ``idp-unreachable``, ``other``."""
+        return self._refresh_failures.get(username)

@@ -16,6 +16,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from . import check_config
 from .condor_token import make_idtoken
 from .dask_tls import make_session_tls
 from .errors import CasaError
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     nm.add_argument("--domain", default="localhost")
     nm.add_argument("--port", type=int, default=8786)
     nm.set_defaults(func=_names)
+
+    check_config.register(sub)
 
     for ep in entry_points(group="casa.commands"):
         try:

@@ -8,12 +8,14 @@ kept in memory as :class:`~casa_hub.secrets.SecretBytes`.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import string
 
 from traitlets import Float, Int, List, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
 from . import bundle as b
+from . import metrics
 from .audit import record_issuance
 from .condor_token import check_key_id, check_trust_domain, make_idtoken, parse_authz
 from .dask_tls import make_session_tls
@@ -24,6 +26,8 @@ from .names import UserNames, user_names, validate_domain
 from .secrets import SecretBytes, read_secret_file
 
 TEMPLATE_FIELDS = ("username", "slug", "domain", "trust_domain")
+#: the key file that signs each renewable kind of credential
+KEY_TRAITS = {"condor-token": "signing_key_file", "xcache-token": "macaroon_secret_file"}
 
 
 def _utc(ts: int) -> dt.datetime:
@@ -203,6 +207,38 @@ class Facility(SingletonConfigurable):
 
     _signing_key: SecretBytes | None = None
     _macaroon_secret: SecretBytes | None = None
+    #: per key file: (device, inode, size, mtime_ns) of the file last read, and the issue time of the
+    #: last credential the previous key signed (None until a rotation is seen)
+    _key_stamps: dict
+
+    def _key_file_changed(self, trait: str) -> bool:
+        """Whether the key file named by ``trait`` is not the one last read (a rotation: a new file, or a
+        Kubernetes Secret volume that swapped its ``..data`` link); it is then read again."""
+        path = getattr(self, trait)
+        stamps = self.__dict__.setdefault("_key_stamps", {})
+        try:
+            st = os.stat(path)
+        except OSError:  # gone: keep the key in memory; read_secret_file says why if it must be read
+            return trait not in stamps
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if trait not in stamps:  # the first read: no rotation is known, nothing issued so far is "old"
+            stamps[trait] = (stamp, None)
+            return True
+        if stamps[trait][0] == stamp:
+            return False
+        # a rotation: whatever the previous key signed (up to its last issue) is now old
+        stamps[trait] = (stamp, self.__dict__.get("_last_signed", {}).get(trait))
+        return True
+
+    def old_key_signed_until(self, kind: str) -> dt.datetime | None:
+        """Once the key that signs credentials of ``kind`` was rotated while this hub ran: the issue time of
+        the last credential the previous key signed.  Those (issued then or earlier) are re-issued at the
+        next renewal check.  None until a rotation is seen."""
+        entry = self.__dict__.get("_key_stamps", {}).get(KEY_TRAITS.get(kind))
+        return entry[1] if entry else None
+
+    def _signed(self, kind: str, issued_at: dt.datetime) -> None:
+        self.__dict__.setdefault("_last_signed", {})[KEY_TRAITS[kind]] = issued_at
 
     @property
     def issues_condor_tokens(self) -> bool:
@@ -213,12 +249,12 @@ class Facility(SingletonConfigurable):
         return bool(self.macaroon_secret_file)
 
     def signing_key(self) -> SecretBytes:
-        if self._signing_key is None:
+        if self._key_file_changed("signing_key_file") or self._signing_key is None:
             self._signing_key = SecretBytes(read_secret_file(self.signing_key_file, "HTCondor signing key"), "signing key")
         return self._signing_key
 
     def macaroon_secret(self) -> SecretBytes:
-        if self._macaroon_secret is None:
+        if self._key_file_changed("macaroon_secret_file") or self._macaroon_secret is None:
             raw = read_secret_file(self.macaroon_secret_file, "macaroon secret")
             self._macaroon_secret = SecretBytes(decode_secret(raw), "macaroon secret")
         return self._macaroon_secret
@@ -232,6 +268,12 @@ class Facility(SingletonConfigurable):
             self.macaroon_secret()
 
     # -- per-user values ----------------------------------------------------
+
+    def _signed_by_old_key(self, cred: b.CredentialFile) -> bool:
+        # issue times have whole seconds: one issued under the new key in the same second as the old key's
+        # last one is re-issued too (within that second only)
+        until = self.old_key_signed_until(cred.kind)
+        return until is not None and cred.issued_at is not None and cred.issued_at <= until
 
     def names(self, username: str) -> UserNames:
         return user_names(username, self.domain, self.dask_port)
@@ -261,6 +303,7 @@ class Facility(SingletonConfigurable):
             issued_at=int(now.timestamp()),
         )
         record_issuance(username, "condor-idtoken", issued.expires_at, issued.token_id)
+        self._signed("condor-token", _utc(issued.issued_at))
         return b.CredentialFile(
             b.CONDOR_TOKEN_PATH,
             issued.token.encode() + b"\n",
@@ -283,6 +326,7 @@ class Facility(SingletonConfigurable):
             now=now,
         )
         record_issuance(username, "xcache-macaroon", issued.expires_at, issued.identifier)
+        self._signed("xcache-token", now.replace(microsecond=0))
         return b.CredentialFile(
             b.BEARER_TOKEN_PATH,
             issued.token.encode() + b"\n",
@@ -326,14 +370,17 @@ class Facility(SingletonConfigurable):
     ) -> b.CredentialBundle:
         """Every credential one session needs (pure apart from the audit log)."""
         now = now or dt.datetime.now(dt.timezone.utc)
-        files = list(self.tls_files(username, now))
-        if self.issues_condor_tokens:
-            files.append(self.condor_token_file(username, now))
-        if self.issues_xcache_tokens:
-            files.append(self.xcache_token_file(username, now))
-        elif access_token:
-            files.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
-        return b.CredentialBundle(tuple(files))
+        with metrics.spawn_step("issue-credentials"):
+            files = list(self.tls_files(username, now))
+            if self.issues_condor_tokens:
+                files.append(self.condor_token_file(username, now))
+            if self.issues_xcache_tokens:
+                files.append(self.xcache_token_file(username, now))
+            elif access_token:
+                files.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        bundle = b.CredentialBundle(tuple(files))
+        metrics.issued(bundle)
+        return bundle
 
     def renew_bundle(
         self,
@@ -351,13 +398,22 @@ class Facility(SingletonConfigurable):
         """
         now = now or dt.datetime.now(dt.timezone.utc)
         renewed = []
-        for cred in bundle.due_for_renewal(now, self.renew_fraction):
-            if cred.kind == "condor-token":
-                renewed.append(self.condor_token_file(username, now))
-            elif cred.kind == "xcache-token":
-                renewed.append(self.xcache_token_file(username, now))
+        reissue = {"condor-token": self.condor_token_file, "xcache-token": self.xcache_token_file}
+        if self.issues_condor_tokens:
+            self.signing_key()  # notices a rotated key file (read again) before deciding what is due
+        if self.issues_xcache_tokens:
+            self.macaroon_secret()
+        for cred in bundle.files:
+            if cred.kind in reissue and (cred.renewal_due(now, self.renew_fraction) or self._signed_by_old_key(cred)):
+                try:
+                    renewed.append(reissue[cred.kind](username, now))
+                except (ConfigurationError, CredentialError) as e:
+                    metrics.renewal_failed(cred.kind, "key-file" if isinstance(e, ConfigurationError) else "credential")
+                    raise
         current = bundle.get(b.BEARER_TOKEN_PATH)
         if access_token and current is not None and current.kind == "bearer-token":
             if current.content.strip() != access_token.strip().encode():
                 renewed.append(self.bearer_token_file(username, access_token, access_token_expires_at, now))
+        for cred in renewed:
+            metrics.renewed(cred.kind)
         return bundle.replacing(*renewed) if renewed else None

@@ -92,6 +92,17 @@ def oidc_provider(workdir: Path, redirect_uris: list[str], accounts: dict = ACCO
         _stop(proc)
 
 
+def change_account(workdir: Path, username: str, **claims) -> None:
+    """Change an account of the running provider started in ``workdir`` (it re-reads its accounts on every use):
+    e.g. ``change_account(tmp_path, "alice", **{"wlcg.groups": ["/atlas"]})`` takes alice out of CMS."""
+    config_file = workdir / "oidc-provider.json"
+    config = json.loads(config_file.read_text())
+    config["accounts"][username]["claims"].update(claims)
+    tmp = config_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config))
+    tmp.replace(config_file)
+
+
 def login_hub_config(authenticator: str) -> list[str]:
     """Hub config lines of the login tests: casa_auth's pages, ``authenticator``, auth refresh, an options form."""
     return [

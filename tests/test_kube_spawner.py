@@ -285,7 +285,7 @@ async def test_state_keeps_expiry_times_only_and_renewal_resumes_after_a_restart
     text = json.dumps(state)
     for f in sp.bundle.files:
         assert f.content.decode().strip()[:40] not in text
-    assert {s["path"] for s in state["casa_renewable"]} == {b.CONDOR_TOKEN_PATH, b.BEARER_TOKEN_PATH}
+    assert {s["path"] for s in state["casa_renewable"]} == {b.CONDOR_TOKEN_PATH, b.BEARER_TOKEN_PATH, b.DASK_CA_PATH}  # the CA: when the session must end
 
     restarted = await make(facility=facility)
     restarted.load_state(state)

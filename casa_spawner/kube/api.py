@@ -25,6 +25,8 @@ import aiohttp
 from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
+from casa_hub import metrics
+
 MERGE_PATCH = "application/merge-patch+json"
 RETRIABLE = {429, 500, 502, 503, 504}
 
@@ -208,6 +210,9 @@ class SessionObjectsApi:
         stop waits at most one ``retry_timeout``; raise once at the end if any failed."""
         results = await asyncio.gather(*(self._delete_one(kind, name) for kind, name in objects))
         failures = [f for f in results if f is not None]
+        for (kind, _), failure in zip(objects, results):
+            if failure is not None:
+                metrics.cleanup_failed(kind)
         if failures:
             raise SessionCleanupError(
                 f"could not delete {'; '.join(failures)}; they are owned by the pod and will be garbage-collected with it"

@@ -53,14 +53,19 @@ from kubernetes_asyncio.client.rest import ApiException
 from traitlets import Dict, Float, Int, List, Unicode, validate
 
 from casa_hub import bundle as b
+from casa_hub import metrics
 from casa_hub.bundle import CredentialBundle, CredentialFile
+from casa_hub.metrics import spawn_step
 from casa_hub.plan import SessionPlan
 
+from ..refresh import RENEW, STOP, session_started, upkeep
 from ..session import NamedServerError, SessionCore
 from . import objects as ko
 from .api import CasaKubeError, RouteResource, SessionCleanupError, SessionObjectError, SessionObjectsApi, raw_answer
 
 RENEWABLE_KINDS = ("condor-token", "xcache-token", "bearer-token")
+#: kept in the state too: when the Dask certificates expire (casa_spawner.refresh stops the session before)
+STATE_KINDS = (*RENEWABLE_KINDS, "dask-ca")
 
 __all__ = ["CasaKubeSpawner", "CasaKubeError", "NamedServerError", "SessionObjectError", "SessionCleanupError"]
 
@@ -189,6 +194,7 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         try:
             url = await super().start()
             await self._routing_ready()
+            session_started(self, self.bundle)  # metrics and background refresh (casa_spawner.refresh)
             return url
         except aiohttp.ClientError as e:  # KubeSpawner lets a dropped connection escape as is
             raise CasaKubeError(f"lost the connection to the Kubernetes API while starting pod {self.pod_name}: {e}") from e
@@ -234,6 +240,7 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         pod = ko.to_json(await self.get_pod_manifest())
         return [pod, *self.build_session_objects(pod_uid)]
 
+    @spawn_step("session-objects")
     async def create_session_objects(self, pod: dict) -> None:
         """Create (or replace) the Secrets, Service and IngressRouteTCP, owned by ``pod``, all at once."""
         await self._ensure(self.build_session_objects(pod["metadata"]["uid"]))
@@ -385,14 +392,23 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
     async def poll(self):
         status = await super().poll()
         if status is None and self.bundle is not None:
-            await self.renew_in_poll()
+            action = await upkeep(self, self.bundle)  # IdP refresh, group re-check, certificate age (casa_spawner.refresh)
+            if action == STOP:
+                await self.stop(now=True)
+                return 1
+            if action == RENEW:
+                await self.renew_in_poll()
         return status
 
     async def materialise_renewal(self, renewed: CredentialBundle, changed: list[CredentialFile]) -> None:
         """Patch the re-issued notebook files into the Secret (the sync sidecar follows the kubelet's update)."""
         data = {f.key: base64.b64encode(f.content).decode("ascii") for f in changed if b.NOTEBOOK in f.audiences}
         if data:
-            await self.session_api.patch_secret_data(self.session_names.secret, data)
+            try:
+                await self.session_api.patch_secret_data(self.session_names.secret, data)
+            except Exception as e:
+                metrics.renewal_failed_at_patch(e)
+                raise
         if self._plan is not None:
             self._plan = dataclasses.replace(self._plan, bundle=renewed)
 
@@ -401,7 +417,7 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
     def get_state(self):
         state = super().get_state()
         if self.bundle is not None:
-            state["casa_renewable"] = [f.metadata() for f in self.bundle.files if f.kind in RENEWABLE_KINDS]
+            state["casa_renewable"] = [f.metadata() for f in self.bundle.files if f.kind in STATE_KINDS]
         if self.session_id:
             state["casa_session_id"] = self.session_id
         return state

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from casa_hub import metrics
 from casa_hub.files import atomic_write
 from casa_hub.plan import TCPRoute
 
@@ -51,11 +52,12 @@ def write_route_file(routes_dir: str | os.PathLike, route: TCPRoute, address: st
     The temporary name ends in ``.tmp``, which Traefik's file provider ignores, so it
     never loads a half-written route.
     """
-    directory = Path(routes_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / route_file_name(route)
-    text = yaml.safe_dump(route_config(route, address), sort_keys=False)
-    atomic_write(target, text.encode(), mode=0o644, suffix=".tmp")
+    with metrics.spawn_step("route"):
+        directory = Path(routes_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / route_file_name(route)
+        text = yaml.safe_dump(route_config(route, address), sort_keys=False)
+        atomic_write(target, text.encode(), mode=0o644, suffix=".tmp")
     return target
 
 
@@ -66,3 +68,6 @@ def remove_route_file(routes_dir: str | os.PathLike, route: TCPRoute | str) -> b
         return True
     except FileNotFoundError:
         return False
+    except OSError:
+        metrics.cleanup_failed("route-file")
+        raise

@@ -32,9 +32,11 @@ from casa_hub import bundle as b
 from casa_hub.bundle import CredentialBundle, CredentialFile
 from casa_hub.errors import ConfigurationError
 from casa_hub.files import make_private_dir
+from casa_hub.metrics import spawn_step
 from casa_hub.plan import SessionPlan
 
 from ..processes import ChildProcess, signal_group, tcp_accepts
+from ..refresh import RENEW, STOP, session_started, upkeep
 from ..session import SessionCore
 from .routes import remove_route_file, write_route_file
 
@@ -181,7 +183,9 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
                 self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host
             if self.home_skeleton:
                 await asyncio.to_thread(_copy_missing, self.home_skeleton, self.home_dir)
-            return await super().start()
+            started = await super().start()
+            session_started(self, self.bundle)  # metrics and background refresh (casa_spawner.refresh)
+            return started
         except BaseException:
             self.log.warning("Start of %s failed; removing its scheduler, route and credentials", self._log_name)
             await self._teardown()
@@ -209,6 +213,7 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
         bundle.for_audience(b.NOTEBOOK).write_to(self.credentials_dir)
         bundle.for_audience(b.SCHEDULER).write_to(self.scheduler_dir)
 
+    @spawn_step("scheduler")
     async def _start_scheduler(self, plan: SessionPlan) -> None:
         # the dashboard has no authentication of its own: loopback only on a shared machine
         cmd = plan.scheduler.command(self.scheduler_dir, host=self.scheduler_host, dashboard_host="127.0.0.1")
@@ -248,7 +253,12 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
             self.log.warning("Dask scheduler of %s died; stopping the notebook", self._log_name)
             await self.stop(now=True)
             return 1
-        await self._renew_credentials()
+        action = await upkeep(self, self.bundle)  # IdP refresh, group re-check, certificate age (casa_spawner.refresh)
+        if action == STOP:
+            await self.stop(now=True)
+            return 1
+        if action == RENEW:
+            await self._renew_credentials()
         return None
 
     async def _renew_credentials(self) -> None:

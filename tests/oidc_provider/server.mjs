@@ -11,6 +11,7 @@
 //               "clients": [{"client_id", "client_secret", "redirect_uris": [...]}],
 //               "accounts": {"alice": {"password": "...", "claims": {...}}},
 //               "access_token_ttl": 3600}
+// Accounts are read from config.json on every use: rewrite the file to change one.
 // Prints "READY <issuer>" once it listens on 127.0.0.1.
 
 import fs from 'node:fs';
@@ -18,7 +19,10 @@ import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
-const accounts = config.accounts || {};
+// read on every use, so a test can change an account (e.g. take a group away) while the provider runs
+function accounts() {
+  return JSON.parse(fs.readFileSync(process.argv[2], 'utf8')).accounts || {};
+}
 
 function escapeHtml(value) {
   return String(value).replace(/[&<>"']/g, (c) => ({
@@ -49,7 +53,7 @@ const provider = new Provider(config.issuer, {
     ...c,
   })),
   async findAccount(ctx, sub) {
-    const account = accounts[sub];
+    const account = accounts()[sub];
     if (!account) return undefined;
     return {
       accountId: sub,
@@ -127,7 +131,7 @@ async function interaction(req, res) {
 
   const form = await readForm(req);
   const username = form.get('username') || '';
-  const account = accounts[username];
+  const account = accounts()[username];
   if (!account || account.password !== form.get('password')) {
     return send(res, 200, loginPage(details.uid, details.params.client_id, 'Invalid username or password.'));
   }
