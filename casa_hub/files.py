@@ -4,6 +4,7 @@ file or the new one, never half of either)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,3 +47,18 @@ def make_private_dir(path: str | os.PathLike) -> None:
     """Create ``path`` (and parents) and make it 0700, whatever mode it had."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def private_temp_dir(prefix: str, files: dict[str, bytes]) -> Path:
+    """A fresh 0700 directory (``tempfile.mkdtemp``) holding ``files`` as new 0600 files; removed
+    again if any write fails (blocking: run in a thread).  The caller removes it when done."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        for name, content in files.items():
+            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory

@@ -19,7 +19,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from traitlets import Float, Instance, Int, Unicode, default
@@ -27,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 
 from casa_condor.schedd import CondorTools, UserSchedd
 from casa_hub.facility import Facility
+from casa_hub.files import private_temp_dir
 
 #: the job attribute naming the session (set by the session's worker launcher)
 JOB_ATTRIBUTE = "CasaSession"
@@ -44,15 +44,7 @@ def session_constraint(session_id: str) -> str:
 
 def _write_token_dir(content: bytes) -> Path:
     """A fresh 0700 directory holding one 0600 token file (blocking: run in a thread)."""
-    directory = Path(tempfile.mkdtemp(prefix="casa-session-jobs-"))
-    try:
-        fd = os.open(directory / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    return directory
+    return private_temp_dir("casa-session-jobs-", {TOKEN_FILE: content})
 
 
 class SessionJobs(LoggingConfigurable):

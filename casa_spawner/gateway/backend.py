@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from aiohttp import web
@@ -24,14 +23,15 @@ from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import timestamp
 from traitlets import Dict, Float, Instance, Int, List, Unicode, default, validate
 
+from casa_condor.output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
+from casa_condor.schedd import CondorTools, UserSchedd
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
+from casa_hub.files import private_temp_dir
 
 from . import jobs
-from casa_condor.output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
 from .identity import UserTokens
 from .options import RESERVED_ENV_PREFIXES, check_user_environment, cluster_options
-from casa_condor.schedd import CondorTools, UserSchedd
 
 SUBMIT_FILE = "job.sub"
 
@@ -280,16 +280,7 @@ class HTCondorBackend(JobQueueBackend):
     @staticmethod
     def _write_job(job: jobs.GatewayJob) -> Path:
         """A private directory with the job's files and submit description (blocking: run in a thread)."""
-        directory = Path(tempfile.mkdtemp(prefix="casa-gateway-job-"))
-        try:
-            for name, content in {**job.files, SUBMIT_FILE: job.submit_description().encode()}.items():
-                fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(content)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        return directory
+        return private_temp_dir("casa-gateway-job-", {**job.files, SUBMIT_FILE: job.submit_description().encode()})
 
     async def submit_job(self, username: str, job: jobs.GatewayJob) -> str:
         """Submit ``job`` as ``username``; its files are spooled to the schedd, then deleted here."""
