@@ -20,16 +20,14 @@ per backend over ``--rounds``, and the ratio HTCondor / local.
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from bench.watchdog import start_watchdog
 from tests.condor_pool import PoolThread
 from tests.gateway_process import GatewayProcess, pool_backend_lines, pool_gateway_env
 
@@ -85,19 +83,13 @@ def main() -> None:
     condor_gw = GatewayProcess(workdir / "htcondor", None, pool_backend_lines(pool), env=pool_gateway_env(pool))
     local_gw = GatewayProcess(workdir / "local", None, LOCAL_BACKEND)
 
-    def give_up():
-        """Bounded: a stuck run says where it is, stops what it started and exits."""
-        print(f"bench/gateway.py: no result within {args.time_limit:g}s; where each thread was:", file=sys.stderr)
-        faulthandler.dump_traceback(all_threads=True)
+    def clean_up():
         for gw in (condor_gw, local_gw):
             gw.stop(timeout=30)
         pool.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        os._exit(3)
 
-    watchdog = threading.Timer(args.time_limit, give_up)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = start_watchdog("bench/gateway.py", args.time_limit, clean_up)
     try:
         print(f"dask-gateway: {args.rounds} rounds, scheduler + {args.workers} workers, one-machine HTCondor pool", flush=True)
         condor = measure("htcondor", condor_gw, args.rounds, args.workers)

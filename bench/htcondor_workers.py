@@ -22,19 +22,18 @@ round trips in ms and the ratio Traefik / direct.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import cloudpickle
 import dask.config
 
+from bench.watchdog import start_watchdog
 from casa_session.cluster import CasaCluster
 from tests.condor_pool import PoolThread, worker_python
 from tests.htcondor_session import HTCondorSite
@@ -141,18 +140,12 @@ def main() -> None:
     pool = PoolThread(workdir, num_cpus=max(sizes) + 1).start()
     site = HTCondorSite(pool, workdir / "session").start()
 
-    def give_up():
-        """Bounded: a stuck run says where it is, stops what it started and exits."""
-        print(f"bench/htcondor_workers.py: no result within {args.time_limit:g}s; where each thread was:", file=sys.stderr)
-        faulthandler.dump_traceback(all_threads=True)
+    def clean_up():
         site.stop()
         pool.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        os._exit(3)
 
-    watchdog = threading.Timer(args.time_limit, give_up)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = start_watchdog("bench/htcondor_workers.py", args.time_limit, clean_up)
     # this process is alice's notebook; dask-jobqueue's condor_submit gets her token and IDTOKENS only, as casa's tools do
     os.environ.update(site.env, _CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS="IDTOKENS")
     config = {f"jobqueue.{q}.{k}": v for q in ("casa", "htcondor") for k, v in JOB_SIZE.items()}
