@@ -42,6 +42,18 @@ def find_test_htcondor() -> HTCondorInstall:
         pytest.fail(f"no HTCondor for the tests: {e}")
 
 
+def session_sleep_job(session: str, seconds: int) -> str:
+    """A submit description of a job that only sleeps, tagged ``+CasaSession`` as a session's workers are."""
+    return (
+        "executable = /bin/sleep\n"
+        f"arguments = {seconds}\n"
+        "transfer_executable = false\n"
+        "should_transfer_files = YES\n"
+        f'+CasaSession = "{session}"\n'
+        "queue\n"
+    )
+
+
 def worker_python() -> str:
     """A Python with dask and distributed that the slot user can run (built by scripts/install-test-deps)."""
     python = WORKER_ENV / "bin" / "python"

@@ -10,23 +10,14 @@ import pytest
 from casa_hub.errors import ConfigurationError
 from casa_spawner.demo.condor import CondorPool, HTCondorInstall, pool_config
 
-from tests.condor_pool import PoolThread, find_test_htcondor
+from tests.condor_pool import PoolThread, find_test_htcondor, session_sleep_job
 
 pytestmark = pytest.mark.e2e
-
-SLEEP_JOB = """\
-executable = /bin/sleep
-arguments = 300
-transfer_executable = false
-should_transfer_files = YES
-+CasaSession = "{session}"
-queue
-"""
 
 
 def submit(pool, tmp_path, token_dir, session="test"):
     sub = tmp_path / "sleep.sub"
-    sub.write_text(SLEEP_JOB.format(session=session))
+    sub.write_text(session_sleep_job(session, 300))
     return pool.tool("condor_submit", "-spool", "-terse", str(sub), token_dir=token_dir, cwd=tmp_path)
 
 

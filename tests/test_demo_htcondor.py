@@ -18,20 +18,11 @@ import pytest
 
 from casa_condor.schedd import CondorTools, UserSchedd
 from tests.casa_cli import run_casa
-from tests.condor_pool import find_test_htcondor, worker_python
+from tests.condor_pool import find_test_htcondor, session_sleep_job, worker_python
 from tests.secret_scan import encoded_forms
 from tests.test_demo import descendants, leftovers, login, start_demo, stop_demo
 
 pytestmark = pytest.mark.e2e
-
-SLEEP_JOB = """\
-executable = /bin/sleep
-arguments = 600
-transfer_executable = false
-should_transfer_files = YES
-+CasaSession = "{session}"
-queue
-"""
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +101,7 @@ def test_alices_session_submits_as_herself_and_stopping_it_removes_her_jobs(demo
     assert token_file.stat().st_mode & 0o777 == 0o600
 
     schedd = as_session(env)
-    (tmp_path / "job.sub").write_text(SLEEP_JOB.format(session=session))
+    (tmp_path / "job.sub").write_text(session_sleep_job(session, 600))
     job_id = asyncio.run(schedd.submit(tmp_path, "job.sub"))
     constraint = f'CasaSession == "{session}"'
     assert queue(schedd, constraint, "User") == [["alice@casa.demo"]]

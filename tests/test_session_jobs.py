@@ -26,19 +26,9 @@ from casa_hub.plan import SESSION_ID_ENV, new_session_id, plan_session
 from casa_spawner.kube import CasaKubeSpawner
 from casa_spawner.local import CasaLocalSpawner
 from casa_spawner.session_jobs import SessionJobs, session_constraint
-from tests.condor_pool import TRUST_DOMAIN
+from tests.condor_pool import TRUST_DOMAIN, session_sleep_job
 from tests.fake_hub import FakeUser
 from tests.fake_kube.spawners import make_spawner as make_kube_spawner
-
-SLEEP_JOB = """\
-executable = /bin/sleep
-arguments = 600
-transfer_executable = false
-should_transfer_files = YES
-+CasaSession = "{session}"
-queue
-"""
-
 
 # -- pure: the id, the constraint, the plan ---------------------------------------------------
 
@@ -177,7 +167,7 @@ class Submitter:
     async def submit(self, user: str, session: str) -> str:
         directory = Path(self.tmp_path, f"job-{len(self.submitted)}")
         directory.mkdir()
-        (directory / "job.sub").write_text(SLEEP_JOB.format(session=session))
+        (directory / "job.sub").write_text(session_sleep_job(session, 600))
         schedd = self.schedd(user)
         job_id = await schedd.submit(directory, "job.sub")
         self.submitted.append((schedd, job_id))
