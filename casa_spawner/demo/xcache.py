@@ -72,12 +72,13 @@ from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.ca_dir import add_ca
 from casa_hub.files import atomic_write
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
 
 from ..processes import ChildProcess, ProcessStartError
-from .server_tls import make_server_tls, subject_hash
+from .server_tls import make_server_tls
 
 #: Where the demo data file lives inside the export, and what it says.
 DEMO_DATA_PATH = "/store/data/casa-demo/hello.txt"
@@ -346,7 +347,7 @@ class XCacheServer(LoggingConfigurable):
         atomic_write(tls_dir / "key.pem", tls.key_pem, mode=0o600)  # xrootd refuses a key others can read
         ca_dir = tls_dir / "certificates"  # X509_CERT_DIR of the cache's client (towards the origin)
         ca_dir.mkdir()
-        (ca_dir / f"{subject_hash(tls.ca_pem)}.0").write_bytes(tls.ca_pem)
+        add_ca(ca_dir, tls.ca_pem)
         os.chmod(tls_dir, 0o755)
         keytab = run_dir / "sss.keytab"  # the cache's identity at the origin; made fresh for each run
         made = subprocess.run([sss_admin, "-k", "casa-xcache", "-u", CACHE_IDENTITY, "-g", CACHE_IDENTITY, "add", str(keytab)],

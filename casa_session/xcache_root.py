@@ -1,0 +1,163 @@
+"""``root://`` reads through the XCache: XRootD's client (PyPI ``xrootd``) with the token by ztn.
+
+How XRootD sends the token, and what it means for renewal (measured on the demo's XRootD 5.5):
+
+* ztn reads the token at **login**, from ``BEARER_TOKEN_FILE`` of the process's environment (its
+  own discovery: ``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ``XDG_RUNTIME_DIR``, ``/tmp/bt_u<uid>``),
+  and the server keeps it for that connection: every later open or stat on the connection is
+  authorized with the login's token (``libXrdMacaroons`` checks its ``before:`` again each time).
+  The client keeps connections for minutes (``DataServerTTL``, 300 s) and reuses them for every
+  URL with the same ``user@host:port``: a renewed file alone changes nothing until the old token
+  expires, and then every open on that connection is refused.
+* So every open here goes to ``root://<id>@host:port``, ``<id>`` a short hash of the token read
+  just now (:func:`~casa_session.xcache_token.connection_id`): a renewed token gets its own
+  connection and login, the old connection idles out.
+* A file **already open** keeps reading after its token expires (XRootD authorizes the open, not
+  each read); a file opened again after a renewal reads with the new token.
+
+What the client needs beyond :data:`~casa_session.xcache.WORKER_VARIABLES` is derived here, in the
+process, before its first connection: the cache's CA as a private hashed directory
+(``X509_CERT_DIR``: XRootD creates its TLS context once per process, and OpenSSL reads a directory
+at each verification, so further CAs can be added later), ``BEARER_TOKEN_FILE`` (set from the
+XCache's when the process has none) and bounded timeouts (XRootD's defaults wait minutes for an
+unreachable server: ``ConnectionWindow`` 120 s times 5, ``RequestTimeout`` 1800 s).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+from urllib.parse import urlsplit
+
+from casa_hub.ca_dir import add_ca
+
+from .xcache import XCache, XCacheError
+from .xcache_token import connection_id
+
+_lock = threading.Lock()
+_ca_dir: str | None = None
+_configured: set[str] = set()
+
+
+def prepare(xc: XCache) -> None:
+    """Make this process's XRootD client read ``xc``'s token and trust its CA, with bounded waits."""
+    xc.check_ca()
+    with _lock:
+        if os.environ.get("BEARER_TOKEN"):
+            raise XCacheError("BEARER_TOKEN is set in this process: XRootD would send it instead of the (renewed) token "
+                              "in BEARER_TOKEN_FILE; unset it")
+        current = os.environ.get("BEARER_TOKEN_FILE", "")
+        if not current:
+            if not xc.token_file:
+                raise XCacheError("no token: BEARER_TOKEN_FILE is not set")
+            os.environ["BEARER_TOKEN_FILE"] = xc.token_file
+        elif os.path.abspath(current) != os.path.abspath(xc.token_file):
+            raise XCacheError(f"root:// sends the token named by this process's BEARER_TOKEN_FILE ({current}), not {xc.token_file}: "
+                              "XRootD reads the environment's at login")
+        if xc.ca_file:
+            ca_dir = _ca_directory()
+            existing = os.environ.get("X509_CERT_DIR", "")
+            if existing and existing != ca_dir:
+                raise XCacheError(f"X509_CERT_DIR={existing} is set: XRootD would verify the XCache with it, not with {xc.ca_file} "
+                                  "(XCACHE_CA_FILE); unset one of them")
+            try:
+                with open(xc.ca_file, "rb") as fh:
+                    add_ca(ca_dir, fh.read())
+            except (OSError, ValueError) as e:
+                raise XCacheError(f"the XCache's CA file {xc.ca_file} (XCACHE_CA_FILE) is not a PEM certificate: {e}") from None
+            os.environ["X509_CERT_DIR"] = ca_dir
+        _configure_client(int(xc.timeout))
+
+
+def _ca_directory() -> str:
+    global _ca_dir
+    if _ca_dir is None:
+        _ca_dir = tempfile.mkdtemp(prefix="casa-xrootd-ca-")  # 0700: XRootD refuses a directory others may write
+        atexit.register(shutil.rmtree, _ca_dir, True)
+    return _ca_dir
+
+
+def _configure_client(timeout: int) -> None:
+    """Bound XRootD's waits (unless the user set ``XRD_*`` for them), once per timeout value."""
+    if str(timeout) in _configured:
+        return
+    from XRootD.client import EnvPutInt
+
+    for name, value in (("ConnectionWindow", max(1, timeout // 2)), ("ConnectionRetry", 1), ("RequestTimeout", timeout),
+                        ("StreamErrorWindow", timeout), ("StreamTimeout", timeout)):
+        if f"XRD_{name.upper()}" not in os.environ:
+            EnvPutInt(name, value)
+    _configured.add(str(timeout))
+
+
+def open_url(xc: XCache, url: str) -> str:
+    """``url`` on the connection of the token in the file now: ``root://<id>@host:port//path``."""
+    parts = urlsplit(url)
+    return f"root://{connection_id(xc.token())}@{parts.hostname}:{parts.port or 1094}/{parts.path}"
+
+
+def _fail(xc: XCache, path: str, status) -> XCacheError:
+    """The error for a failed XRootD call, its cause named (the status never holds the token)."""
+    message = (status.message or "").strip()
+    base = urlsplit(xc.base("root"))
+    where = f"root://{base.hostname}:{base.port}"
+    if status.errno == 3010 or "permission denied" in message.lower() or "not authorized" in message.lower():
+        return xc.refusal(path, "permission denied")
+    if "Auth failed" in message or "authentication" in message.lower():
+        return xc.refusal(path, "login refused")
+    if status.errno == 3011 or "no such file" in message.lower():
+        return XCacheError(f"no such file on the XCache: {path}")
+    if "TLS" in message:
+        ca = f"XCACHE_CA_FILE={xc.ca_file}" if xc.ca_file else "XCACHE_CA_FILE is not set, the grid's CAs"
+        return XCacheError(f"could not verify the XCache at {where} ({ca}): {message}")
+    if "expired" in message.lower() or "timeout" in message.lower():
+        return XCacheError(f"the XCache at {where} did not answer about {path} within {xc.timeout:g}s "
+                           f"(is its origin down and the file not cached?): {message}")
+    if status.code in (101, 102, 103, 104, 108, 109) or "connection" in message.lower() or "socket" in message.lower():
+        return XCacheError(f"cannot reach the XCache at {where}: {message}")
+    if status.errno in (3005, 3012) or "origin" in message.lower() or "unable to open" in message.lower():
+        return XCacheError(f"the XCache could not get {path} from its origin (the origin is down and the file is not cached?): {message}")
+    return XCacheError(f"the XCache at {where} failed on {path}: {message}")
+
+
+def stat(xc: XCache, url: str) -> int:
+    """The size of the file, asked of the cache on the token's connection."""
+    from XRootD import client
+
+    prepare(xc)
+    target = open_url(xc, url)
+    parts = urlsplit(target)
+    path = "/" + parts.path.lstrip("/")
+    status, info = client.FileSystem(f"root://{parts.netloc}").stat(path, timeout=int(xc.timeout))
+    if not status.ok:
+        raise _fail(xc, path, status)
+    return int(info.size)
+
+
+def read(xc: XCache, url: str) -> bytes:
+    """The whole file by ``root://``."""
+    from XRootD import client
+    from XRootD.client.flags import OpenFlags
+
+    prepare(xc)
+    target = open_url(xc, url)
+    path = "/" + urlsplit(target).path.lstrip("/")
+    f = client.File()
+    status, _ = f.open(target, OpenFlags.READ, timeout=int(xc.timeout))
+    if not status.ok:
+        raise _fail(xc, path, status)
+    try:
+        chunks, offset = [], 0
+        while True:
+            status, data = f.read(offset, 8 << 20, timeout=int(xc.timeout))
+            if not status.ok:
+                raise _fail(xc, path, status)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            offset += len(data)
+    finally:
+        f.close(timeout=int(xc.timeout))
