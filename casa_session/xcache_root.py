@@ -37,6 +37,8 @@ from casa_hub.ca_dir import add_ca
 from .xcache import XCache, XCacheError
 from .xcache_token import connection_id
 
+SERVER_ERROR = 400  #: XrdCl's errErrorResponse: the server answered with an error (its errno: kXR_*)
+GRID_CA_DIR = "/etc/grid-security/certificates"  #: where XRootD looks for CAs by default
 _lock = threading.Lock()
 _ca_dir: str | None = None
 _configured: set[str] = set()
@@ -69,6 +71,9 @@ def prepare(xc: XCache) -> None:
             except (OSError, ValueError) as e:
                 raise XCacheError(f"the XCache's CA file {xc.ca_file} (XCACHE_CA_FILE) is not a PEM certificate: {e}") from None
             os.environ["X509_CERT_DIR"] = ca_dir
+        elif not (os.environ.get("X509_CERT_DIR") or os.environ.get("X509_CERT_FILE") or os.path.isdir(GRID_CA_DIR)):
+            raise XCacheError(f"could not verify the XCache at {xc.base('root')}: XCACHE_CA_FILE is not set, and XRootD finds "
+                              f"no CAs (no X509_CERT_DIR, no {GRID_CA_DIR}): ztn sends the token only over verified TLS")
         _configure_client(int(xc.timeout))
 
 
@@ -102,25 +107,26 @@ def open_url(xc: XCache, url: str) -> str:
 def _fail(xc: XCache, path: str, status) -> XCacheError:
     """The error for a failed XRootD call, its cause named (the status never holds the token)."""
     message = (status.message or "").strip()
+    low = message.lower()
     base = urlsplit(xc.base("root"))
     where = f"root://{base.hostname}:{base.port}"
-    if status.errno == 3010 or "permission denied" in message.lower() or "not authorized" in message.lower():
-        return xc.refusal(path, "permission denied")
-    if "Auth failed" in message or "authentication" in message.lower():
+    if status.code == SERVER_ERROR:  # the cache answered
+        if status.errno == 3010:
+            return xc.refusal(path, "permission denied")
+        if status.errno == 3011:
+            return XCacheError(f"no such file on the XCache: {path}")
+        if status.errno in (3005, 3012) or "connection" in low:
+            return XCacheError(f"the XCache could not get {path} from its origin (the origin is down and the file is not cached?): "
+                               f"{message}")
+        return XCacheError(f"the XCache at {where} failed on {path}: {message}")
+    if "auth failed" in low:
         return xc.refusal(path, "login refused")
-    if status.errno == 3011 or "no such file" in message.lower():
-        return XCacheError(f"no such file on the XCache: {path}")
-    if "TLS" in message:
+    if "tls" in low:
         ca = f"XCACHE_CA_FILE={xc.ca_file}" if xc.ca_file else "XCACHE_CA_FILE is not set, the grid's CAs"
         return XCacheError(f"could not verify the XCache at {where} ({ca}): {message}")
-    if "expired" in message.lower() or "timeout" in message.lower():
-        return XCacheError(f"the XCache at {where} did not answer about {path} within {xc.timeout:g}s "
-                           f"(is its origin down and the file not cached?): {message}")
-    if status.code in (101, 102, 103, 104, 108, 109) or "connection" in message.lower() or "socket" in message.lower():
-        return XCacheError(f"cannot reach the XCache at {where}: {message}")
-    if status.errno in (3005, 3012) or "origin" in message.lower() or "unable to open" in message.lower():
-        return XCacheError(f"the XCache could not get {path} from its origin (the origin is down and the file is not cached?): {message}")
-    return XCacheError(f"the XCache at {where} failed on {path}: {message}")
+    if "expired" in low or "timeout" in low:
+        return XCacheError(f"the XCache at {where} did not answer about {path} within {xc.timeout:g}s: {message}")
+    return XCacheError(f"cannot reach the XCache at {where}: {message}")
 
 
 def stat(xc: XCache, url: str) -> int:
