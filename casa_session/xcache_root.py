@@ -20,7 +20,8 @@ process, before its first connection: the cache's CA as a private hashed directo
 (``X509_CERT_DIR``: XRootD creates its TLS context once per process, and OpenSSL reads a directory
 at each verification, so further CAs can be added later), ``BEARER_TOKEN_FILE`` (set from the
 XCache's when the process has none) and bounded timeouts (XRootD's defaults wait minutes for an
-unreachable server: ``ConnectionWindow`` 120 s times 5, ``RequestTimeout`` 1800 s).
+unreachable server: ``ConnectionWindow`` 120 s times 5, ``RequestTimeout`` 1800 s, and checks
+timeouts only every ``TimeoutResolution``, 15 s).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _configure_client(timeout: int) -> None:
     from XRootD.client import EnvPutInt
 
     for name, value in (("ConnectionWindow", max(1, timeout // 2)), ("ConnectionRetry", 1), ("RequestTimeout", timeout),
-                        ("StreamErrorWindow", timeout), ("StreamTimeout", timeout)):
+                        ("StreamErrorWindow", timeout), ("StreamTimeout", timeout), ("TimeoutResolution", 1)):
         if f"XRD_{name.upper()}" not in os.environ:
             EnvPutInt(name, value)
     _configured.add(str(timeout))

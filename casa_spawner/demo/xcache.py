@@ -154,7 +154,7 @@ def cache_config(*, origin: str, ram: str = "1g", blocksize: str = "1m", prefetc
     """
     return (
         "ofs.osslib libXrdPss.so", f"pss.origin {origin}", "pss.cachelib libXrdPfc.so",
-        f"pss.setopt ConnectTimeout {int(connect_timeout)}", "pss.setopt ConnectionRetry 1",
+        f"pss.setopt ConnectTimeout {int(connect_timeout)}", "pss.setopt ConnectionRetry 1", f"pss.setopt ReconnectWait {int(connect_timeout)}",
         f"pfc.ram {ram}", f"pfc.blocksize {blocksize}", f"pfc.prefetch {int(prefetch)}",
     )
 
