@@ -6,7 +6,7 @@
     probe(site.env(token), "/store/user/alice/x", "root")  # a read in a fresh process: "OK <n>" or the XCacheError
     await site.stop()
 
-Used by tests/test_xcache_protocols.py and tests/test_xcache_distributed.py.
+Used by tests/test_xcache_protocols.py, tests/test_xcache_distributed.py and bench/xcache.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ class XCacheSite:
         self.workdir, self.server, self.secret = Path(workdir), server, secret
 
     @classmethod
-    async def start(cls, workdir: Path, files: dict, public_paths=("/store/data",)) -> "XCacheSite":
+    async def start(cls, workdir: Path, files: dict, public_paths=("/store/data",), **server_options) -> "XCacheSite":
+        """Start the origin and the cache; ``server_options``: more ``XCacheServer`` settings (``pfc_blocksize``...)."""
         workdir = Path(workdir)
         secret = ensure_macaroon_secret(workdir / "macaroon-secret")
         server = XCacheServer(sitename=SITE, secret_file=str(secret), users=["alice", "bob"], files=files,
-                              public_paths=list(public_paths), ready_timeout=40)
+                              public_paths=list(public_paths), ready_timeout=60, **server_options)
         await server.start()
         return cls(workdir, server, secret)
 
