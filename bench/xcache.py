@@ -54,7 +54,7 @@ def read_root(xc: XCache, url: str, chunk: int) -> tuple[float, str, int]:
     f = client.File()
     status, _ = f.open(target, OpenFlags.READ, timeout=300)
     if not status.ok:
-        raise SystemExit(f"root:// open of {url} failed: {status.message}")
+        raise SystemExit(f"root:// open of {url} ({target}) failed: {status.message}")
     try:
         while True:
             status, data = f.read(size, chunk, timeout=300)
@@ -94,6 +94,9 @@ async def main(megabytes: int, blocksize: str, prefetch: int, chunk: int) -> Non
                         raise SystemExit(f"{protocol} {name}: read {size} bytes with another content than the file's")
                     results[protocol, name] = megabytes / seconds
             cached = sum((site.server.cache_root / p.lstrip("/")).stat().st_size for p in PATHS.values())
+        except SystemExit:
+            print(site.server.log_tail(12))
+            raise
         finally:
             await site.stop()
     print(f"{megabytes} MB file, a macaroon, one run each (in this order); pfc.blocksize {blocksize}, pfc.prefetch {prefetch}, "

@@ -246,3 +246,35 @@ async def test_the_cache_fetches_as_itself_and_the_origin_still_checks_everyone_
         assert await asyncio.to_thread(probe, {**origin, "XCACHE_HOST": host, "BEARER_TOKEN_FILE": alice}, NOTES, protocol) == "OK 14"
         refused = await asyncio.to_thread(probe, {**origin, "XCACHE_HOST": host, "BEARER_TOKEN_FILE": bob}, NOTES, protocol)
         assert refused.startswith("XCacheError: the XCache refused /store/user/alice/notes.txt"), refused
+
+
+AS_THE_CACHE = """
+import sys
+from XRootD import client
+from XRootD.client.flags import OpenFlags
+base, path, token = sys.argv[1:]
+for url in (f"{base}/{path}?authz={token}", f"{base}/{path}"):  # an HTTPS user's request as the cache forwards it, then a root:// one
+    f = client.File()
+    status, _ = f.open(url, OpenFlags.READ, timeout=20)
+    print(status.ok, status.errno)
+    f.close()
+"""
+
+
+@pytest.mark.e2e
+async def test_the_origin_lets_the_cache_in_after_a_forwarded_token_on_the_same_connection(site, tmp_path):
+    """XRootD 5.5's macaroon check writes the token's name into the connection's identity (``request.name``),
+    and authdb matches that on the connection's next requests: the origin's rule for the cache is by group."""
+    import shutil
+    import subprocess
+    import sys
+
+    keytab = tmp_path / "keytab"  # the cache's key, readable by this test's user
+    shutil.copyfile(site.server.run_dir / "sss.keytab", keytab)
+    keytab.chmod(0o600)
+    env = {"PATH": os.environ["PATH"], "XrdSecPROTOCOL": "sss", "XrdSecSSSKT": str(keytab),
+           "X509_CERT_DIR": str(site.server.run_dir / "tls" / "certificates")}
+    token = site.token("alice")
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", AS_THE_CACHE, site.server.origin_root_url, NOTES, token],
+                                   env=env, capture_output=True, text=True, timeout=90)
+    assert done.stdout.split() == ["True", "0", "True", "0"], done.stdout + done.stderr[-2000:]

@@ -31,7 +31,7 @@ forwards a request's CGI (where the HTTPS bearer header ends up), so nothing of 
 user's token could reach the origin.  As real XCache deployments do, the cache therefore
 authenticates to the origin with its **own identity**: XRootD's ``sss`` (a shared-secret keytab
 made for each run, readable only by the servers' account), which the origin's ``acc.authdb`` lets
-read ``/store`` (``u xcache /store lr``).  The cache is where users' tokens are enforced, for both
+read ``/store`` (``g xcache /store lr``).  The cache is where users' tokens are enforced, for both
 protocols; the origin still checks every request that does not come from the cache (a user going
 around the cache needs a valid token there too).  The cache's client verifies the origin's TLS
 certificate with the run's CA as a hashed CA directory (XRootD 5.5's client reads only
@@ -163,13 +163,17 @@ CACHE_IDENTITY = "xcache"  #: the name the cache's sss key gives it at the origi
 
 
 def authdb_rules(public_paths, *, trusted: tuple[str, ...] = ()) -> str:
-    """``acc.authdb`` text: read/list for anyone on ``public_paths``, for the ``trusted`` identities
-    (the cache, at the origin) on ``/store``, nothing else without a macaroon."""
+    """``acc.authdb`` text: read/list for anyone on ``public_paths``, for the ``trusted`` groups (the
+    cache's sss identity, at the origin) on ``/store``, nothing else without a macaroon.
+
+    A group rule, not a user rule: XRootD 5.5's macaroon check writes the token's ``name:`` into the
+    connection's identity (``request.name``), and authdb then matches that name on every later request
+    of the connection -- the cache's connections to the origin carry HTTPS users' tokens too."""
     for p in public_paths:
         if not p.startswith("/") or any(c.isspace() for c in p):
             raise ConfigurationError(f"invalid public XCache path {p!r}: absolute, without spaces")
     rules = "".join(f"u * {p} lr\n" for p in public_paths)
-    rules += "".join(f"u {name} /store lr\n" for name in trusted)
+    rules += "".join(f"g {name} /store lr\n" for name in trusted)
     return "# without a valid macaroon only these paths are readable\n" + rules
 
 
