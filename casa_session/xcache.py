@@ -43,7 +43,9 @@ __all__ = ["WORKER_VARIABLES", "XCache", "XCacheError"]
 #: derived from these on the worker by this module; launchers ship only these.
 WORKER_VARIABLES = ("XCACHE_HOST", "XCACHE_HTTPS_HOST", "XCACHE_CA_FILE", "BEARER_TOKEN_FILE")
 
-PROTOCOLS = {"root": "root", "roots": "root", "https": "https"}  #: URL scheme -> the protocol it reads with
+#: URL scheme -> the protocol it reads with (``roots://`` is read as ``root://``: ztn sends a token only over TLS anyway)
+PROTOCOLS = {"root": "root", "roots": "root", "https": "https"}
+ENVIRONMENT = {"host": "XCACHE_HOST", "token_file": "BEARER_TOKEN_FILE", "ca_file": "XCACHE_CA_FILE", "https_host": "XCACHE_HTTPS_HOST"}
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -63,23 +65,19 @@ class XCache:
     _given: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_given" and getattr(self, f.name) != f.default}
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init and getattr(self, f.name) != f.default}
         object.__setattr__(self, "_given", given)
-        env = os.environ
-        for name, var in (("host", "XCACHE_HOST"), ("token_file", "BEARER_TOKEN_FILE"), ("ca_file", "XCACHE_CA_FILE"),
-                          ("https_host", "XCACHE_HTTPS_HOST")):
-            object.__setattr__(self, name, (getattr(self, name) or env.get(var, "")).strip().rstrip("/") if name in ("host", "https_host")
-                               else getattr(self, name) or env.get(var, ""))
+        for name, var in ENVIRONMENT.items():
+            value = getattr(self, name) or os.environ.get(var, "")
+            object.__setattr__(self, name, value.strip().rstrip("/") if name.endswith("host") else value)
         if not self.host:
             raise XCacheError("no XCache address: XCACHE_HOST is not set (not in a casa session?)")
-        for name in ("host", "https_host"):
+        for name, schemes in (("host", PROTOCOLS), ("https_host", ("https",))):
             value = getattr(self, name)
-            parts = urlsplit(value) if value else None
-            if parts is not None and (parts.scheme not in PROTOCOLS or not parts.hostname or parts.path not in ("", "/")):
-                raise XCacheError(f"{'XCACHE_HOST' if name == 'host' else 'XCACHE_HTTPS_HOST'}={value!r}: expected root://host:port "
-                                  "or https://host:port (plain http:// would carry the token in clear)")
-        if self.https_host and PROTOCOLS[urlsplit(self.https_host).scheme] != "https":
-            raise XCacheError(f"XCACHE_HTTPS_HOST={self.https_host!r} must be an https:// address")
+            parts = urlsplit(value)
+            if value and (parts.scheme not in schemes or not parts.hostname or parts.path not in ("", "/")):
+                wanted = " or ".join(f"{s}://host:port" for s in ("root", "https") if s in schemes)
+                raise XCacheError(f"{ENVIRONMENT[name]}={value!r}: expected {wanted} (plain http:// would carry the token in clear)")
         if not self.timeout or self.timeout <= 0:
             raise XCacheError(f"timeout={self.timeout!r}: a positive number of seconds")
 
@@ -93,11 +91,9 @@ class XCache:
     def base(self, protocol: str | None = None) -> str:
         """The cache's address for ``protocol``: ``root://host:port`` or ``https://host:port``."""
         protocol = self._protocol(protocol)
-        if protocol == self.protocol and not (protocol == "https" and self.https_host):
-            return self.host
         if protocol == "https" and self.https_host:
             return self.https_host
-        return f"{'root' if protocol == 'root' else 'https'}://{urlsplit(self.host).netloc}"  # one port serves both (XRootD 5)
+        return f"{protocol}://{urlsplit(self.host).netloc}"  # one port serves both protocols (XRootD 5)
 
     def url(self, path: str, protocol: str | None = None) -> str:
         """The URL of an export path, e.g. ``/store/user/alice/events.root``, by ``protocol``."""

@@ -42,7 +42,7 @@ SERVER_ERROR = 400  #: XrdCl's errErrorResponse: the server answered with an err
 GRID_CA_DIR = "/etc/grid-security/certificates"  #: where XRootD looks for CAs by default
 _lock = threading.Lock()
 _ca_dir: str | None = None
-_configured: set[str] = set()
+_timeout_set: int | None = None  #: the waits XRootD's client has (process-wide: the last XCache's timeout)
 
 
 def prepare(xc: XCache) -> None:
@@ -87,8 +87,9 @@ def _ca_directory() -> str:
 
 
 def _configure_client(timeout: int) -> None:
-    """Bound XRootD's waits (unless the user set ``XRD_*`` for them), once per timeout value."""
-    if str(timeout) in _configured:
+    """Bound XRootD's waits (unless the user set ``XRD_*`` for them); they are the process's, not one file's."""
+    global _timeout_set
+    if timeout == _timeout_set:
         return
     from XRootD.client import EnvPutInt
 
@@ -96,7 +97,7 @@ def _configure_client(timeout: int) -> None:
                         ("StreamErrorWindow", timeout), ("StreamTimeout", timeout), ("TimeoutResolution", 1)):
         if f"XRD_{name.upper()}" not in os.environ:
             EnvPutInt(name, value)
-    _configured.add(str(timeout))
+    _timeout_set = timeout
 
 
 def open_url(xc: XCache, url: str) -> str:

@@ -148,9 +148,10 @@ def cache_config(*, origin: str, ram: str = "1g", blocksize: str = "1m", prefetc
 
     Its ``oss.localroot`` becomes the cache's storage.  ``pfc.ram`` below ``1g`` is refused by 5.5.
     ``pfc.blocksize``/``pfc.prefetch``: what the cache asks the origin for at a time, and how many
-    blocks ahead (``bench.xcache`` measures them).  The cache gives up on an unreachable origin after
-    ``connect_timeout`` seconds and one try (XRootD's default is 120 s times 5), so a miss with the
-    origin down fails in seconds instead of outliving the client's own timeout.
+    blocks ahead (``bench.xcache`` measures them).  The cache tries an unreachable origin once, for
+    ``connect_timeout`` seconds (XRootD's default: 120 s, 5 times): a miss with the origin down then
+    fails in about 20 s (measured; 5.5's client checks its timeouts every 15 s) instead of outliving
+    the reader's own timeout.
     """
     return (
         "ofs.osslib libXrdPss.so", f"pss.origin {origin}", "pss.cachelib libXrdPfc.so",
