@@ -240,7 +240,9 @@ async def test_https_reads_take_the_token_at_each_request(site, session_env, eve
 async def test_the_cache_fetches_as_itself_and_the_origin_still_checks_everyone_else(site):
     alice, bob = site.token_file("alice"), site.token_file("bob")
     assert await asyncio.to_thread(probe, site.env(alice, "root"), NOTES, "root") == "OK 14"  # a miss: fetched from the origin
-    assert "login as xcache" in site.server.origin.log_path.read_text()  # the cache's own sss identity, not alice's token
+    log = site.server.origin.log_path.read_text()
+    assert "login as xcache" in log  # the cache's own sss identity, not alice's token
+    assert re.search(r"FD \d+#1 bound u\d+", log)  # a data stream beside the TLS one: file data in clear on loopback
     origin = {"XCACHE_CA_FILE": str(site.server.ca_file)}
     for protocol, host in (("root", site.server.origin_root_url), ("https", site.server.origin_url)):
         assert await asyncio.to_thread(probe, {**origin, "XCACHE_HOST": host, "BEARER_TOKEN_FILE": alice}, NOTES, protocol) == "OK 14"
