@@ -40,6 +40,9 @@ from .xcache_token import connection_id
 
 SERVER_ERROR = 400  #: XrdCl's errErrorResponse: the server answered with an error (its errno: kXR_*)
 GRID_CA_DIR = "/etc/grid-security/certificates"  #: where XRootD looks for CAs by default
+#: this module's CA directories: a child process (a local Dask worker) inherits its parent's ``X509_CERT_DIR``
+#: and makes its own instead
+CA_DIR_PREFIX = "casa-xrootd-ca-"
 _lock = threading.Lock()
 _ca_dir: str | None = None
 _timeout_set: int | None = None  #: the waits XRootD's client has (process-wide: the last XCache's timeout)
@@ -63,7 +66,7 @@ def prepare(xc: XCache) -> None:
         if xc.ca_file:
             ca_dir = _ca_directory()
             existing = os.environ.get("X509_CERT_DIR", "")
-            if existing and existing != ca_dir:
+            if existing and existing != ca_dir and not os.path.basename(existing).startswith(CA_DIR_PREFIX):  # not a parent's
                 raise XCacheError(f"X509_CERT_DIR={existing} is set: XRootD would verify the XCache with it, not with {xc.ca_file} "
                                   "(XCACHE_CA_FILE); unset one of them")
             try:
@@ -81,7 +84,7 @@ def prepare(xc: XCache) -> None:
 def _ca_directory() -> str:
     global _ca_dir
     if _ca_dir is None:
-        _ca_dir = tempfile.mkdtemp(prefix="casa-xrootd-ca-")  # 0700: XRootD refuses a directory others may write
+        _ca_dir = tempfile.mkdtemp(prefix=CA_DIR_PREFIX)  # 0700: XRootD refuses a directory others may write
         atexit.register(shutil.rmtree, _ca_dir, True)
     return _ca_dir
 

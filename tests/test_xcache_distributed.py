@@ -53,10 +53,12 @@ async def test_workers_read_by_both_protocols_across_a_token_renewal(tmp_path, m
 def _run(site: XCacheSite, tmp_path, monkeypatch, direct):
     worker_token = site.token_file("alice", "worker-token")
     issued = [open(worker_token).read().strip()]
-    for name in WORKER_VARIABLES:
+    for name in (*WORKER_VARIABLES, "X509_CERT_DIR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in site.env(worker_token, "root").items():  # what a launcher gives the workers, nothing more
         monkeypatch.setenv(name, value)
+    # the notebook reads first: what root:// derives in its process (X509_CERT_DIR) is inherited by local workers
+    assert ak.to_list(XCache().open_root(EVENTS)["Events"].arrays(COLUMNS)["Muon_pt"]) == direct["Muon_pt"]
     with tls_scheduler(tmp_path) as connection:
         cluster = CasaCluster(connection, LocalProcessWorkers(log_dir=tmp_path / "workers"), name_prefix="xc")
         try:

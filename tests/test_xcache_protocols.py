@@ -54,7 +54,7 @@ def session_env(monkeypatch):
     """Set a session's worker variables in this process (restored after the test)."""
 
     def apply(env: dict[str, str]) -> None:
-        for name in WORKER_VARIABLES:
+        for name in (*WORKER_VARIABLES, "X509_CERT_DIR"):  # X509_CERT_DIR: what casa_session.xcache_root derives
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
