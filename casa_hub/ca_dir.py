@@ -1,8 +1,9 @@
 """A CA directory as OpenSSL looks CAs up in it (``X509_CERT_DIR``): ``<subject hash>.<n>`` files.
 
 XRootD's client verifies TLS servers with such a directory (5.5's only with one; 6.x also takes
-``X509_CERT_FILE``, but reads it once per process).  OpenSSL looks the directory up at each
-verification, so CAs added later (another XCache, a new run of the demo's) are found too.
+``X509_CERT_FILE``, but reads it once per process).  OpenSSL looks the directory up by CA name
+when it verifies, and keeps what it found: a CA added later is found if its name is new (the
+demo's CA is named afresh each run), not if it replaces one of the same name.
 :func:`subject_hash` is OpenSSL's ``X509_NAME_hash`` (what ``openssl x509 -hash`` prints), so
 neither the demo nor a worker needs the ``openssl`` tool.
 """

@@ -17,8 +17,9 @@ How XRootD sends the token, and what it means for renewal (measured on the demo'
 
 What the client needs beyond :data:`~casa_session.xcache.WORKER_VARIABLES` is derived here, in the
 process, before its first connection: the cache's CA as a private hashed directory
-(``X509_CERT_DIR``: XRootD creates its TLS context once per process, and OpenSSL reads a directory
-at each verification, so further CAs can be added later), ``BEARER_TOKEN_FILE`` (set from the
+(``X509_CERT_DIR``: XRootD creates its TLS context once per process; OpenSSL looks a directory up
+by CA name when it verifies, so a CA added later is found if no CA of that name was looked up
+before -- the demo names its CA afresh each run), ``BEARER_TOKEN_FILE`` (set from the
 XCache's when the process has none) and bounded timeouts (XRootD's defaults wait minutes for an
 unreachable server: ``ConnectionWindow`` 120 s times 5, ``RequestTimeout`` 1800 s, and checks
 timeouts only every ``TimeoutResolution``, 15 s).
