@@ -17,6 +17,7 @@ demo's pool, the workers' Python from ``scripts/install-test-deps``) need the ba
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -104,6 +105,18 @@ def xcache_cache_root(demo) -> Path:
     raise AssertionError("the demo runs no XCache")
 
 
+def worker_job_owners(env: dict[str, str]) -> list[str]:
+    """The ``User`` of every worker job of alice's session, from the schedd's history, asked with her own token."""
+    from tests.test_demo_htcondor import as_session
+
+    schedd = as_session(env)
+    code, out, err = asyncio.run(schedd.tools.run(
+        [schedd.tools.history, "-constraint", f'CasaSession == "{env["CASA_SESSION_ID"]}" && CasaWorker =!= undefined',
+         "-af", "User"], schedd.environment()))
+    assert code == 0, out + err
+    return out.split()
+
+
 EXECUTE = r"""
 import sys, nbformat
 from nbclient import NotebookClient
@@ -130,6 +143,8 @@ def test_the_example_notebook_runs_as_shipped_in_alices_session(demo, alice, bob
     # the processor ran on both of her workers and its histogram is the file's, bin by bin
     filled_on = json.loads(re.search(r"20000 events, filled on (\[.*\])", text).group(1).replace("'", '"'))
     assert len(filled_on) == 2 and all(re.fullmatch(r"casa-\w+-\d+", name) for name in filled_on), text
+    if "--htcondor" in demo.process.args:  # the workers were her own HTCondor jobs (gone now: the notebook closed them)
+        assert worker_job_owners(env) == ["alice@casa.demo"] * 2
     counts = json.loads(re.search(r"counts (\[[\d, ]+\])", text).group(1))
     assert counts == direct_histogram(demo.state_dir / "data" / "events.root")
     assert counts.index(max(counts)) in (30, 31)  # the Z peak, 90-92 GeV
