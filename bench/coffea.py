@@ -16,7 +16,7 @@ processor (the example notebook's ``DimuonMass``) runs with coffea's ``processor
 The two sides alternate, ``--rounds`` times; both must give the same histogram.  Printed: events/s
 of each (median, range) and the ratio XCache / baseline (goal >= 0.7).
 
-    python3 -m bench.coffea [--workers local|htcondor] [--events 1000000] [--rounds 3] [--time-limit 1200]
+    python3 -m bench.coffea [--workers local|htcondor] [--events 2000000] [--chunksize 200000] [--rounds 5] [--time-limit 1200]
 """
 
 from __future__ import annotations
@@ -106,6 +106,12 @@ def warm(url: str, token: str, ca: str) -> int:
     return size
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def local_workers() -> tuple[LocalCluster, Client]:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="2 GiB")
     client = Client(cluster)
@@ -116,9 +122,9 @@ def local_workers() -> tuple[LocalCluster, Client]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", choices=("local", "htcondor"), default="local", help="where the XCache side's workers run")
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--chunksize", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--chunksize", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--time-limit", type=float, default=1200, help="seconds before the run ends itself, whatever it is doing")
     args = parser.parse_args()
     quiet_schema()
@@ -171,15 +177,18 @@ def main() -> None:
         print(f"coffea processor, 2 workers x 1 thread, chunks of {args.chunksize} events, {args.rounds} round(s) each:", flush=True)
         run_processor(baseline, str(events_file), {}, args.chunksize)  # warm-up: imports, numba, the page cache
         run_processor(through_cache, server.url + PATH, XCACHE_READ_OPTIONS, args.chunksize)
-        disk, cache, histograms = [], [], set()
+        disk, cache, histograms, server_cpu = [], [], set(), []
         for _ in range(args.rounds):  # interleaved: a busy machine slows both alike
             for rates, client, url, options in ((disk, baseline, str(events_file), {}),
                                                 (cache, through_cache, server.url + PATH, XCACHE_READ_OPTIONS)):
+                cpu = cpu_seconds(server.process.pid)
                 seconds, n, counts = run_processor(client, url, options, args.chunksize)
                 if n != args.events:
                     raise SystemExit(f"processed {n} events of {args.events}")
                 rates.append(n / seconds)
                 histograms.add(tuple(counts))
+                if rates is cache:
+                    server_cpu.append((cpu_seconds(server.process.pid) - cpu, seconds))
         if len(histograms) != 1:
             raise SystemExit("the runs gave different histograms")
         watchdog.cancel()
@@ -187,6 +196,9 @@ def main() -> None:
         clean_up()
     for label, rates in (("local disk, 2 local worker processes", disk), (f"XCache (warm), {where}", cache)):
         print(f"  {label:<48} {statistics.median(rates):10.0f} events/s [{min(rates):.0f}-{max(rates):.0f}]")
+    cpu, wall = (statistics.median(x) for x in zip(*server_cpu))
+    print(f"  the XCache's own xrootd used {cpu:.2f} CPU-s per XCache run of {wall:.2f} s "
+          f"(on one machine: the workers' cores; {os.cpu_count()} here)")
     print(f"ratio XCache / local disk: {statistics.median(cache) / statistics.median(disk):.2f} x (goal >= 0.7)")
 
 
