@@ -88,11 +88,25 @@ def session_info(env=None) -> SessionInfo:
     return SessionInfo(
         scheduler_address=env["CASA_SCHEDULER_ADDRESS"],
         connect_host=env.get("CASA_SCHEDULER_CONNECT_HOST", ""),
-        dashboard_link=env.get("DASK_DISTRIBUTED__DASHBOARD__LINK", ""),
+        dashboard_link=dashboard_link(env),
         xcache_host=env.get("XCACHE_HOST", ""),
         credentials_dir=str(root),
         credentials=creds,
     )
+
+
+def dashboard_link(env) -> str:
+    """The session's dashboard URL as a browser uses it (empty: none published).
+
+    distributed's ``distributed.dashboard.link`` (``DASK_DISTRIBUTED__DASHBOARD__LINK``) is a
+    template filled from the environment, as ``Client.dashboard_link`` fills it, e.g.
+    ``{JUPYTERHUB_SERVICE_PREFIX}proxy/8787/status``; ``{host}`` or ``{port}`` only a client knows.
+    """
+    template = env.get("DASK_DISTRIBUTED__DASHBOARD__LINK", "")
+    try:
+        return template.format(**env)
+    except (KeyError, IndexError, ValueError):
+        return ""
 
 
 def read_credential(root: Path, rel: str, label: str, kind: str) -> Credential:
