@@ -7,8 +7,9 @@ processor (the example notebook's ``DimuonMass``) runs with coffea's ``processor
 ``DaskExecutor`` on two workers of one thread each:
 
 - *baseline*: two local worker processes (a ``LocalCluster``) read the file from local disk;
-- *XCache*: two workers read it over HTTPS with alice's macaroon, each open building its HTTPS
-  client on the worker (the notebook's read options) -- ``--workers local``: two more local worker
+- *XCache*: two workers read it by ``--protocol`` (``root://`` with ztn, or HTTPS) with alice's
+  macaroon, through the notebook's read options (``XCache().uproot_options()``: each open builds its
+  client on the worker from the worker's own token and CA) -- ``--workers local``: two more local worker
   processes; ``--workers htcondor``: ``CasaCluster`` as alice's HTCondor jobs on the one-machine pool
   (as ``bench.htcondor_workers`` sets it up; needs worker jobs that get ``XCACHE_HOST``,
   ``XCACHE_CA_FILE`` and the token).
@@ -16,7 +17,7 @@ processor (the example notebook's ``DimuonMass``) runs with coffea's ``processor
 The two sides alternate, ``--rounds`` times; both must give the same histogram.  Printed: events/s
 of each (median, range) and the ratio XCache / baseline (goal >= 0.7).
 
-    python3 -m bench.coffea [--workers local|htcondor] [--events 2000000] [--chunksize 200000] [--rounds 5] [--time-limit 1200]
+    python3 -m bench.coffea [--workers local|htcondor] [--protocol root|https] [--events 2000000] [--chunksize 200000] [--rounds 5] [--time-limit 1200]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from bench.watchdog import start_watchdog
 from casa_hub.facility import Facility
 from casa_hub.files import atomic_write
 from casa_session.htcondor_workers import LoopThread
+from casa_session.xcache import XCache
 from casa_spawner.demo.events import write_events
 from casa_spawner.demo.xcache import XCacheServer, ensure_macaroon_secret
 
@@ -65,20 +67,6 @@ class DimuonMass(processor.ProcessorABC):
 
     def postprocess(self, accumulator):
         return accumulator
-
-
-async def xcache_https_client(**client_kwargs):
-    """The notebook's read options: the HTTPS client of one open, made on the worker (the cache's CA, the current token)."""
-    import aiohttp
-
-    from casa_session.xcache import XCache
-
-    worker_xcache = XCache()
-    return aiohttp.ClientSession(headers=worker_xcache.headers(),
-                                 connector=aiohttp.TCPConnector(ssl=worker_xcache.ssl_context()), **client_kwargs)
-
-
-XCACHE_READ_OPTIONS = {"get_client": xcache_https_client, "skip_instance_cache": True}
 
 
 def quiet_schema() -> None:
@@ -122,6 +110,7 @@ def local_workers() -> tuple[LocalCluster, Client]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", choices=("local", "htcondor"), default="local", help="where the XCache side's workers run")
+    parser.add_argument("--protocol", choices=("root", "https"), default="root", help="how the XCache side reads")
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--chunksize", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -159,6 +148,8 @@ def main() -> None:
         # this process is alice's notebook: the cache's address, its CA and her token, as a session has them
         os.environ.update(XCACHE_HOST=server.url, XCACHE_CA_FILE=str(server.ca_file), BEARER_TOKEN_FILE=str(token_file))
         warmed = warm(server.url + PATH, token.content.decode().strip(), str(server.ca_file))
+        xcache = XCache()
+        cache_url, read_options = xcache.url(PATH, protocol=args.protocol), xcache.uproot_options()
         print(f"cache warmed: {warmed / 1e6:.0f} MB read through it once", flush=True)
 
         baseline_cluster, baseline = local_workers()
@@ -176,11 +167,11 @@ def main() -> None:
             client.run(quiet_schema)
         print(f"coffea processor, 2 workers x 1 thread, chunks of {args.chunksize} events, {args.rounds} round(s) each:", flush=True)
         run_processor(baseline, str(events_file), {}, args.chunksize)  # warm-up: imports, numba, the page cache
-        run_processor(through_cache, server.url + PATH, XCACHE_READ_OPTIONS, args.chunksize)
+        run_processor(through_cache, cache_url, read_options, args.chunksize)
         disk, cache, histograms, server_cpu = [], [], set(), []
         for _ in range(args.rounds):  # interleaved: a busy machine slows both alike
             for rates, client, url, options in ((disk, baseline, str(events_file), {}),
-                                                (cache, through_cache, server.url + PATH, XCACHE_READ_OPTIONS)):
+                                                (cache, through_cache, cache_url, read_options)):
                 cpu = cpu_seconds(server.process.pid)
                 seconds, n, counts = run_processor(client, url, options, args.chunksize)
                 if n != args.events:
@@ -194,7 +185,7 @@ def main() -> None:
         watchdog.cancel()
     finally:
         clean_up()
-    for label, rates in (("local disk, 2 local worker processes", disk), (f"XCache (warm), {where}", cache)):
+    for label, rates in (("local disk, 2 local worker processes", disk), (f"XCache (warm, {args.protocol}://), {where}", cache)):
         print(f"  {label:<48} {statistics.median(rates):10.0f} events/s [{min(rates):.0f}-{max(rates):.0f}]")
     cpu, wall = (statistics.median(x) for x in zip(*server_cpu))
     print(f"  the XCache's own xrootd used {cpu:.2f} CPU-s per XCache run of {wall:.2f} s "

@@ -141,13 +141,15 @@ def test_the_example_notebook_runs_as_shipped_in_alices_session(demo, alice, bob
     assert "Traceback" not in text and not [o for o in outputs if o["output_type"] == "error"], text
 
     # the processor ran on both of her workers and its histogram is the file's, bin by bin
-    filled_on = json.loads(re.search(r"20000 events, filled on (\[.*\])", text).group(1).replace("'", '"'))
+    filled_on = json.loads(re.search(r"40000 events, filled on (\[.*\])", text).group(1).replace("'", '"'))
     assert len(filled_on) == 2 and all(re.fullmatch(r"casa-\w+-\d+", name) for name in filled_on), text
     if "--htcondor" in demo.process.args:  # the workers were her own HTCondor jobs (gone now: the notebook closed them)
         assert worker_job_owners(env) == ["alice@casa.demo"] * 2
-    counts = json.loads(re.search(r"counts (\[[\d, ]+\])", text).group(1))
-    assert counts == direct_histogram(demo.state_dir / "data" / "events.root")
-    assert counts.index(max(counts)) in (30, 31)  # the Z peak, 90-92 GeV
+    direct = direct_histogram(demo.state_dir / "data" / "events.root")
+    for protocol in ("root", "https"):  # the same file read by both protocols the cache serves
+        counts = json.loads(re.search(rf"Zmumu by {protocol}:// counts (\[[\d, ]+\])", text).group(1))
+        assert counts == direct, protocol
+    assert direct.index(max(direct)) in (30, 31)  # the Z peak, 90-92 GeV
 
     # the plot is inline: a PNG among the executed notebook's outputs
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
@@ -225,7 +227,7 @@ def test_the_dask_sidebar_points_at_alices_dashboard_and_its_panes_show_the_proc
     page.locator(".lm-TabBar-tab", has_text=NOTEBOOK).click()
     page.locator(".jp-Notebook").click()
     menu(page, "Run", "Run All Cells")
-    done = page.locator("text=/20000 events, filled on/")
+    done = page.locator("text=/40000 events, filled on/")
     done.wait_for(timeout=600_000)
     # the notebook read the scheduler's task stream -- what the pane plots -- and found the processor on both workers
     assert re.search(r"filled on \['casa-\w+-\d+', 'casa-\w+-\d+'\]", done.inner_text()), done.inner_text()
