@@ -28,6 +28,8 @@ from tests.secret_files import write_secret_file
 SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
 TRUST_DOMAIN = "casa.test"
+#: the tests' pool copies a stored data token into running jobs this often (SEC_CREDENTIAL_REFRESH)
+CREDENTIAL_REFRESH = 5
 
 
 def find_test_htcondor() -> HTCondorInstall:
@@ -106,6 +108,10 @@ class PoolThread:
         write_secret_file(directory / "casa", (self.token(identity, lifetime, key) + "\n").encode())
         return directory
 
+    @property
+    def credd_host(self) -> str:
+        return self.pool.credd_host
+
     def session_environment(self, token_dir: Path) -> dict[str, str]:
         """What a session is given to reach this pool as the token's identity, and nothing else."""
         return {
@@ -136,8 +142,8 @@ class PoolThread:
 
 @pytest.fixture(scope="session")
 def condor_pool(tmp_path_factory):
-    """One real pool for the whole test session; tests remove the jobs they submit (and are marked ``e2e``)."""
-    pool = PoolThread(tmp_path_factory.mktemp("condor")).start()
+    """One real pool for the whole test session, with a credd; tests remove the jobs they submit (and are marked ``e2e``)."""
+    pool = PoolThread(tmp_path_factory.mktemp("condor"), credential_refresh=CREDENTIAL_REFRESH).start()
     try:
         yield pool
     finally:
