@@ -23,6 +23,8 @@ from .output import (
     one_line,
     parse_job_ads,
     parse_submit_output,
+    store_cred_failure,
+    store_cred_succeeded,
 )
 
 #: jobs ``condor_history`` may scan backwards for one answer (it reads the schedd's history file)
@@ -40,19 +42,21 @@ class CondorTools:
     environment: Mapping[str, str] = field(default_factory=dict)  #: ``CONDOR_CONFIG``, ``_CONDOR_COLLECTOR_HOST``, ...
     schedd_name: str = ""  #: passed as ``-name`` where a tool would otherwise read a local file
     timeout: float = 30.0
+    store_cred: str = "condor_store_cred"  #: stores a user's token in the credd (in ``sbin`` of HTCondor's packages)
 
-    async def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None
-                  ) -> tuple[int, str, str]:
-        """Run one tool: ``(returncode, stdout, stderr)``; killed (returncode -9) after ``timeout``."""
+    async def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None,
+                  input: bytes | None = None) -> tuple[int, str, str]:
+        """Run one tool: ``(returncode, stdout, stderr)``; killed (returncode -9) after ``timeout``.
+        ``input`` goes to its standard input (a credential never travels as an argument or a file)."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
         except OSError as e:
-            raise CondorError(f"cannot run {argv[0]}: {e.strerror} (is HTCondor installed on the gateway host?)") from None
+            raise CondorError(f"cannot run {argv[0]}: {e.strerror} (are HTCondor's tools installed on this host?)") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+            out, err = await asyncio.wait_for(proc.communicate(input), self.timeout)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
@@ -117,6 +121,16 @@ class UserSchedd:
         if nothing_to_remove(out + err):
             return False
         raise self._failure(action, code, out + err)
+
+    async def store_token(self, service: str, token: bytes) -> None:
+        """``condor_store_cred add-oauth -P -s <service> -i -``: the credd keeps ``token`` (an access token,
+        read from standard input) as this identity's, and the starter copies it into the identity's jobs
+        that name ``service`` in ``use_oauth_services`` -- also into those already running."""
+        action = f"store the {service} token of {self.identity} in the HTCondor credd"
+        argv = [self.tools.store_cred, "add-oauth", "-P", "-s", service, "-i", "-"]
+        code, out, err = await self.tools.run(argv, self.environment(), input=token)
+        if code != 0 or not store_cred_succeeded(out):
+            raise store_cred_failure(action, code, out + err)
 
     async def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
         """The listed jobs that are still in the queue (a job that left it is missing from the answer)."""
