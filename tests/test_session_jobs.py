@@ -94,7 +94,7 @@ async def test_a_schedd_that_is_down_is_one_warning_line(make_facility, caplog):
     assert len(warnings) == 1
     line = warnings[0].getMessage()
     assert f"Could not remove the HTCondor jobs of session {session} of alice" in line and "\n" not in line
-    assert not list(Path(jobs_tmp()).glob("casa-session-jobs-*"))  # the token went with the call
+    assert not list(Path(jobs_tmp()).glob("casa-as-user-*"))  # the token went with the call
 
 
 def jobs_tmp() -> str:
@@ -215,7 +215,7 @@ async def test_local_spawner_stop_removes_the_sessions_jobs_as_its_user(condor_p
         ((user,),) = condor_pool.queue(f"ClusterId == {other_session.split('.')[0]}", "User")
         assert user == f"alice@{TRUST_DOMAIN}"
         assert f"Removed the HTCondor jobs of session {session} as alice@{TRUST_DOMAIN}" in caplog.text
-        assert not list(Path(jobs_tmp()).glob("casa-session-jobs-*"))
+        assert not list(Path(jobs_tmp()).glob("casa-as-user-*"))
     finally:
         await spawner.stop(now=True)
         await jobs.clean_up()
