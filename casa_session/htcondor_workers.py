@@ -33,7 +33,7 @@ from casa_condor.submit import attribute_equals, job_ids_constraint, string_lite
 from casa_hub.errors import ConfigurationError
 
 from .cluster import SchedulerConnection, WorkerLauncher
-from .worker_jobs import CLUSTER_ATTR, SESSION_ATTR, WorkerTarget, casa_config, worker_job
+from .worker_jobs import CLUSTER_ATTR, SESSION_ATTR, WorkerTarget, casa_config, worker_data_access, worker_job
 
 log = logging.getLogger("casa.cluster")
 
@@ -106,7 +106,7 @@ class HTCondorWorkers(WorkerLauncher):
         except ValueError as e:
             raise ConfigurationError(f"{e}: the session's jobs could not be tagged with it") from None
         self.cluster_name = cluster_name or f"casa-{uuid.uuid4().hex[:6]}"
-        self.bearer_token_file = env.get("BEARER_TOKEN_FILE")
+        self.env = env  #: the session's environment: what the workers get to read data (worker_data_access)
         tools = CondorTools(
             submit=found["condor_submit"], remove=found["condor_rm"], query=found["condor_q"], history=found["condor_history"],
             environment={k: env[k] for k in POOL_VARIABLES if env.get(k)},
@@ -137,11 +137,16 @@ class HTCondorWorkers(WorkerLauncher):
     # -- WorkerLauncher ----------------------------------------------------------
 
     def launch(self, names, connection: SchedulerConnection):
+        data = worker_data_access(self.env)
+        if data.token is not None and not data.token_is_renewed:
+            self._report("token-not-renewed", "the data token (BEARER_TOKEN_FILE) travels once with each worker job and is "
+                         "not renewed in running workers: they lose data access when it expires (the facility renews it "
+                         "inside running jobs when it sets c.Facility.data_token_service and the pool runs a credd)",
+                         remember=False)
         target = WorkerTarget(
             address=connection.address, connect_address=connection.connect_address,
             sni=connection.sni if connection.connect_host else None, ca_file=connection.ca_file,
-            worker_cert=connection.worker_cert, worker_key=connection.worker_key,
-            bearer_token_file=self.bearer_token_file,
+            worker_cert=connection.worker_cert, worker_key=connection.worker_key, data=data,
         )
         jobs = [worker_job(name, session=self.session_id, cluster=self.cluster_name, target=target) for name in names]
         results = self._loop.run(self._submit_all(jobs))
