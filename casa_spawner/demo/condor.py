@@ -98,9 +98,10 @@ CREDD_HOST = 127.0.0.1:{int(port)}
 
 
 def pool_config(*, local_dir: str, install: HTCondorInstall, port: int, trust_domain: str, daemon_user: str,
-                daemon_ids: tuple[int, int], num_cpus: int = 4, credd_port: int = 0, credential_refresh: int = 0) -> str:
+                daemon_ids: tuple[int, int], num_cpus: int = 4, credd_port: int = 0, credential_refresh: int = 0,
+                extra_config: str = "") -> str:
     """The pool's whole configuration (``CONDOR_CONFIG``): loopback, IDTOKENS and FS, fast cycles;
-    with ``credd_port`` and ``credential_refresh``, a credd (:func:`credd_config`)."""
+    with ``credd_port`` and ``credential_refresh``, a credd (:func:`credd_config`); ``extra_config`` last."""
     check_trust_domain(trust_domain)
     libexec = install.release_dir / "libexec"
     if (libexec / "condor").is_dir():  # Debian and RPM packages: /usr/libexec/condor
@@ -165,7 +166,7 @@ ENABLE_URL_TRANSFERS = False
 JAVA =
 SINGULARITY = /bin/false
 HIBERNATE_CHECK_INTERVAL = 0
-""" + (credd_config(credd_port, credential_refresh) if credd_port else "")
+""" + (credd_config(credd_port, credential_refresh) if credd_port else "") + extra_config
 
 
 class CondorPool:
@@ -187,6 +188,7 @@ class CondorPool:
         log_copy_dir: str | os.PathLike | None = None,
         ready_timeout: float = 60.0,
         credential_refresh: int = 0,
+        extra_config: str = "",
     ):
         self.install = install
         self.signing_key_file = str(signing_key_file)
@@ -198,6 +200,7 @@ class CondorPool:
         self.ready_timeout = ready_timeout
         self.credential_refresh = credential_refresh  #: seconds between copies of a stored token into jobs; 0: no credd
         self.credd_port = 0
+        self.extra_config = extra_config  #: configuration lines appended last, e.g. ``"ALL_DEBUG = D_SUB_SECOND\n"``
         self.run_dir: Path | None = None
         self.schedd_name = ""
         self.master: ChildProcess | None = None
@@ -260,7 +263,8 @@ class CondorPool:
             pool_config(local_dir=str(run_dir), install=self.install, port=self.port,
                         trust_domain=self.trust_domain, daemon_user=owner.pw_name,
                         daemon_ids=(owner.pw_uid, owner.pw_gid), num_cpus=self.num_cpus,
-                        credd_port=self.credd_port, credential_refresh=self.credential_refresh)
+                        credd_port=self.credd_port, credential_refresh=self.credential_refresh,
+                        extra_config=self.extra_config)
         )
         if as_root:
             for path in [run_dir, *run_dir.rglob("*")]:
