@@ -25,7 +25,9 @@ reported to the gateway, the client's wait and connection), and the ratios.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -49,23 +51,53 @@ LOCAL_BACKEND = [
 ]
 
 
-def one_round(gw: GatewayProcess, workers: int, pool: PoolThread | None = None) -> tuple[float, float]:
-    """One cluster from a fresh client, as a user's notebook makes it: (ready, scaled) seconds."""
+#: the gateway's log lines that mark a cluster's way to ready, in order (dask-gateway's, and the backend's "Job ... submitted")
+MILESTONES = (("submitting", "Submitting cluster {name}"), ("submitted", "Cluster {name} submitted"),
+              ("reported", "Cluster {name} heartbeat"), ("running", "Cluster {name} is running"))
+_LOG_TIME = re.compile(r"\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
+
+
+def milestones(gw: GatewayProcess, name: str) -> dict[str, float]:
+    """Wall-clock times of the cluster's first line of each milestone in the gateway's log."""
+    found: dict[str, float] = {}
+    for line in gw.log_text().splitlines():
+        for key, text in MILESTONES:
+            if key not in found and text.format(name=name) in line:
+                stamp = _LOG_TIME.search(line)
+                if stamp:
+                    found[key] = dt.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return found
+
+
+def one_round(gw: GatewayProcess, workers: int, pool: PoolThread | None = None) -> tuple[float, float, dict]:
+    """One cluster from a fresh client, as a user's notebook makes it: (ready, scaled) seconds and, with a pool,
+    where the ready time went (seconds per phase)."""
     with gw.client("bench") as gateway:
         if pool is not None:
             after_a_negotiation_cycle(pool)
-        started = time.perf_counter()
+        wall, started = time.time(), time.perf_counter()
         cluster = gateway.new_cluster()
+        returned = time.time()
         client = cluster.get_client()
         client.scheduler_info()
         ready = time.perf_counter() - started
+        phases = {}
+        if pool is not None:
+            marks = milestones(gw, cluster.name)
+            rows = pool.queue(f'DaskGatewayCluster == "{cluster.name}" && DaskGatewayRole == "scheduler"', "JobCurrentStartDate")
+            if len(marks) == len(MILESTONES) and rows and rows[0][0].isdigit():
+                running = float(rows[0][0])  # 1-second resolution
+                phases = {"api": marks["submitting"] - wall, "submit": marks["submitted"] - marks["submitting"],
+                          "match": running - marks["submitted"], "scheduler up": marks["reported"] - running,
+                          "reported": marks["running"] - marks["reported"], "client": wall + ready - marks["running"],
+                          "new_cluster()": returned - wall}
         scaling = time.perf_counter()
         cluster.scale(workers)
         client.wait_for_workers(workers, timeout=300)
         scaled = time.perf_counter() - scaling
         client.close()
         cluster.shutdown()
-    return ready, scaled
+    return ready, scaled, phases
 
 
 def measure(label: str, gw: GatewayProcess, rounds: int, workers: int, pool: PoolThread | None = None) -> dict:
@@ -75,10 +107,15 @@ def measure(label: str, gw: GatewayProcess, rounds: int, workers: int, pool: Poo
         runs = [one_round(gw, workers, pool) for _ in range(rounds)]
     finally:
         gw.stop()
-    ready, scaled = [r for r, _ in runs], [s for _, s in runs]
+    ready, scaled = [r for r, _, _ in runs], [s for _, s, _ in runs]
     figures = {"ready": statistics.median(ready), "workers": statistics.median(scaled)}
     print(f"{label:>10}: ready {figures['ready']:6.2f} s  [{min(ready):.2f}-{max(ready):.2f}]   "
           f"{workers} workers {figures['workers']:6.2f} s  [{min(scaled):.2f}-{max(scaled):.2f}]", flush=True)
+    phases = [p for _, _, p in runs if p]
+    if phases:
+        print(" " * 12 + "ready = " + " + ".join(f"{k} {statistics.median(p[k] for p in phases):.2f}"
+                                                 for k in phases[0] if k != "new_cluster()")
+              + f"  (medians; new_cluster() itself {statistics.median(p['new_cluster()'] for p in phases):.2f})", flush=True)
     return figures
 
 

@@ -53,16 +53,32 @@ class LoopThread:
     def run(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def spawn(self, coro) -> None:
+        """Run ``coro`` on the loop without waiting for it (it must handle its own errors)."""
+        asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     @property
     def closed(self) -> bool:
         return self._loop.is_closed()
 
     def close(self) -> None:
+        """Cancel what was spawned (a tool it runs is killed), stop the loop."""
         if self._loop.is_closed():
             return
+        try:
+            self.run(_cancel_others(), 10)
+        except Exception:  # a cancellation that does not finish in time: the loop stops all the same
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+async def _cancel_others() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def token_identity(token_dir: Path) -> str:
@@ -111,6 +127,7 @@ class HTCondorWorkers(WorkerLauncher):
             submit=found["condor_submit"], remove=found["condor_rm"], query=found["condor_q"], history=found["condor_history"],
             environment={k: env[k] for k in POOL_VARIABLES if env.get(k)},
             schedd_name=env["_CONDOR_SCHEDD_HOST"], timeout=float(casa_config("condor-timeout")),
+            reschedule=shutil.which("condor_reschedule", path=path) or "",
         )
         self.schedd = UserSchedd(tools, token_identity(Path(token_dir)), Path(token_dir))
         self.min_refresh = min_refresh
@@ -159,6 +176,9 @@ class HTCondorWorkers(WorkerLauncher):
                     self._jobs[job.name] = result
                     self._descriptions[job.name] = job.description
                     log.info("worker %s is HTCondor job %s of %s", job.name, result, self.identity)
+        submitted = [r for r in results if not isinstance(r, BaseException)]
+        if submitted:  # their match need not wait for the schedd's next update (best effort, in the background)
+            self._loop.spawn(self.schedd.reschedule_when_spooled(submitted))
         if errors:
             raise errors[0]
 

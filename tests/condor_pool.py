@@ -84,6 +84,22 @@ class PoolThread:
         self.run(self.pool.start())
         return self
 
+    @property
+    def tools_dir(self) -> Path:
+        """A directory for PATH with ``condor_reschedule``, which HTCondor's packages install (the same binary as
+        ``condor_on``: the tool acts by its name) and the build in shared/htcondor lacks."""
+        directory = self.workdir / "tools"
+        if not (directory / "condor_reschedule").exists():
+            directory.mkdir(exist_ok=True)
+            found = self.install.bin / "condor_reschedule"
+            (directory / "condor_reschedule").symlink_to(found if found.exists() else self.install.bin / "condor_on")
+        return directory
+
+    @property
+    def tools_path(self) -> str:
+        """PATH for code that runs HTCondor's tools against this pool: the installation's and :attr:`tools_dir`."""
+        return os.pathsep.join([str(self.install.bin), str(self.tools_dir), os.environ.get("PATH", "")])
+
     def stop(self) -> None:
         try:
             self.run(self.pool.stop())

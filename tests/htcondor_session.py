@@ -17,7 +17,6 @@ Used by tests/test_htcondor_workers_e2e.py, tests/test_htcondor_data_e2e.py and 
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import socket
 import ssl
@@ -92,7 +91,7 @@ class HTCondorSite:
             "CASA_SESSION_ID": self.session_id,
             "CASA_SCHEDULER_CONNECT_HOST": "127.0.0.1",
             "CONDOR_CONFIG": "ONLY_ENV",
-            "PATH": f"{self.pool.install.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": self.pool.tools_path,
         }
 
     @property

@@ -123,6 +123,33 @@ async def test_a_hanging_condor_store_cred_is_bounded(make_facility, tmp_path, c
     assert time.monotonic() - started < 10 and "did not answer within 1s" in caplog.text
 
 
+# what HTCondor 25.14's tools printed here (condor_submit of a use_oauth_services job; condor_store_cred with no credd)
+SUBMIT_NO_TOKEN = "Failed to process job credential requests: 'OAuth error: ERROR: Credential 'xcache' of unknown type is missing.'; BAILING OUT."
+SUBMIT_NO_CREDD = "Failed to process job credential requests: 'CRED: startCommand to CredD failed!'; BAILING OUT."
+SUBMIT_UNKNOWN_CREDD = "Failed to process job credential requests: 'Can't find address of credd casa@127.0.0.1'; BAILING OUT."
+STORE_FAILED = "Account: <current> (root)\nCredType: oauth\n\nOperation failed.\n    Make sure your ALLOW_WRITE setting includes this host.\n"
+
+
+@pytest.mark.parametrize("output, words", [
+    (SUBMIT_NO_TOKEN, "the HTCondor credd holds no 'xcache' token of this user for the job to read data with"),
+    (SUBMIT_NO_CREDD, "the HTCondor credd, which hands the job its data token, is unreachable"),
+    (SUBMIT_UNKNOWN_CREDD, "the HTCondor credd, which hands the job its data token, is unreachable"),
+])
+def test_a_submission_the_credd_cannot_serve_says_so(output, words):
+    from casa_condor.output import CreddUnavailable, classify_failure
+
+    error = classify_failure("submit a job as alice@casa.test", 1, output, "schedd casa@127.0.0.1")
+    assert isinstance(error, CreddUnavailable) and words in str(error) and "schedd is unreachable" not in str(error)
+
+
+def test_a_failed_store_names_the_likely_causes_without_the_tools_preamble():
+    from casa_condor.output import CreddUnavailable, store_cred_failure
+
+    error = store_cred_failure("store the xcache token of alice@casa.test in the HTCondor credd", 1, STORE_FAILED)
+    assert isinstance(error, CreddUnavailable) and "Account:" not in str(error)
+    assert "Operation failed." in str(error) and "is the credd running" in str(error)
+
+
 # -- the real credd ------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from casa_condor.schedd import CondorTools, UserSchedd
 from casa_spawner.demo.events import EVENTS_NAME
 from tests.casa_cli import run_casa
 from tests.condor_pool import find_test_htcondor, session_sleep_job, worker_python
-from tests.secret_scan import base64_file_forms, encoded_forms
+from tests.secret_scan import base64_file_forms, encoded_forms, files_under
 from tests.test_demo import descendants, leftovers, login, start_demo, stop_demo
 
 pytestmark = pytest.mark.e2e
@@ -346,11 +346,8 @@ def test_alices_workers_keep_reading_across_three_token_lifetimes_while_the_hub_
     assert code == 0, err
     blobs = {"job ads": ads.encode(), "kernel output": (kernel["output"] + later["output"]).encode(),
              "submit descriptions": (tmp_path / "descriptions-1.json").read_bytes() + (tmp_path / "descriptions-2.json").read_bytes()}
-    blobs.update({str(p): p.read_bytes() for p in (run_dir / "log").iterdir() if p.is_file()})
-    blobs.update({str(p): p.read_bytes() for p in (run_dir / "spool").rglob("*") if p.is_file()})
-    blobs.update({str(p): p.read_bytes() for p in (run_dir / "execute").rglob("*")
-                  if p.is_file() and p.name in ("worker.out", "worker.err", "_condor_stdout", "_condor_stderr")})
-    blobs.update({str(p): p.read_bytes() for p in (demo.state_dir / "logs").rglob("*") if p.is_file()})
+    blobs.update(files_under(run_dir / "log", run_dir / "spool", demo.state_dir / "logs"))
+    blobs.update(files_under(run_dir / "execute", names=("worker.out", "worker.err", "_condor_stdout", "_condor_stderr")))
     assert any("StarterLog" in where for where in blobs) and any(where.endswith("CredLog") for where in blobs)
     secrets_ = {**tokens, "pool signing key": (demo.state_dir / "secrets" / "condor-pool-key").read_bytes()}
     leaks = [f"{label} in {where}" for where, blob in blobs.items() for label, secret in secrets_.items()

@@ -25,7 +25,7 @@ from casa_spawner.demo.events import EVENTS_NAME, write_events
 from tests.condor_pool import CREDENTIAL_REFRESH, worker_python
 from tests.gateway_process import wait_until
 from tests.htcondor_session import XCACHE_SITE, HTCondorSite
-from tests.secret_scan import encoded_forms, master_secret_forms
+from tests.secret_scan import encoded_forms, files_under, master_secret_forms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -189,11 +189,10 @@ def test_no_token_and_no_master_secret_in_ads_descriptions_spool_logs_or_outputs
         "job ads": condor_pool.tool("condor_q", "-all", "-l").stdout.encode(),
         **{f"description of {n}": cluster.launcher.job_script(n).encode() for n in cluster.launcher.running()},
     }
-    logs = {str(p): p.read_bytes() for p in (run_dir / "log").iterdir() if p.is_file()}  # every daemon's, starters', the credd's
-    spool = {str(p): p.read_bytes() for p in (run_dir / "spool").rglob("*") if p.is_file()}
-    outputs = {str(p): p.read_bytes() for p in (run_dir / "execute").rglob("*")
-               if p.is_file() and p.name in ("worker.out", "worker.err", "_condor_stdout", "_condor_stderr")}
-    xcache_logs = {str(p): p.read_bytes() for p in Path(site.xcache.run_dir).rglob("*.log")}
+    logs = files_under(run_dir / "log")  # every daemon's, the starters', the credd's
+    spool = files_under(run_dir / "spool")
+    outputs = files_under(run_dir / "execute", names=("worker.out", "worker.err", "_condor_stdout", "_condor_stderr"))
+    xcache_logs = {p: text for p, text in files_under(site.xcache.run_dir).items() if p.endswith(".log")}
     assert any("StarterLog" in p for p in logs) and any(p.endswith("CredLog") for p in logs) and outputs
     everything = {**public, **logs, **spool, **outputs, **xcache_logs}
     leaks = [f"{label} in {where}" for where, text in everything.items() for label, secret in tokens.items()
@@ -246,3 +245,31 @@ def test_without_a_credd_service_the_token_travels_once_and_the_user_is_told_it_
     assert read.get("sha256") == hashlib.sha256(events.read_bytes()).hexdigest(), read
     assert seen["path"].endswith("/bearer_token") and seen["mode"] == 0o600 and seen["owner"] == seen["uid"]
     assert "is not renewed in running workers" in caplog.text and "data_token_service" in caplog.text
+
+
+def test_local_process_workers_read_with_the_notebooks_own_files(site, monkeypatch, events):
+    """Local workers inherit the notebook's XCACHE_* and BEARER_TOKEN_FILE: the same file the hub renews in place."""
+    in_session(monkeypatch, site)
+    with CasaCluster(workers="local") as cluster:
+        cluster.scale(1)
+        cluster.wait_for_workers(1, timeout=120)
+        with cluster.get_client(timeout="30s") as client:
+            ours = [a for a, info in client.scheduler_info()["workers"].items() if info["name"] in cluster.launcher.running()]
+            (read,) = client.run(reader(), EVENTS, workers=ours).values()
+    assert read.get("sha256") == hashlib.sha256(events.read_bytes()).hexdigest(), read
+    assert read["token_file"] == str(site.token_file)
+
+
+def test_a_credd_without_the_users_token_is_a_clear_message_and_submits_nothing(site, monkeypatch):
+    from casa_condor.output import CreddUnavailable
+
+    in_session(monkeypatch, site, CASA_DATA_TOKEN_SERVICE="nobody-stored-this")
+    cluster = CasaCluster()
+    try:
+        with pytest.raises(CreddUnavailable, match="the HTCondor credd holds no 'nobody-stored-this' token of this user") as missing:
+            cluster.scale(1)
+        assert "could not submit a job as alice@casa.test" in str(missing.value)
+        assert site.token_file.read_text().strip() not in str(missing.value)
+    finally:
+        cluster.close()
+    assert site.session_jobs("CasaCluster") == [[c] for (c,) in site.session_jobs("CasaCluster") if c != cluster.launcher.cluster_name]

@@ -145,6 +145,16 @@ class HTCondorBackend(JobQueueBackend):
     def _default_history_command(self):
         return shutil.which("condor_history") or "condor_history"
 
+    reschedule_command = Unicode(
+        config=True,
+        help="""The path to ``condor_reschedule`` (asks the schedd to advertise a job once its spooled input has
+        arrived, so its match need not wait for the schedd's next update).  Empty: not used.""",
+    )
+
+    @default("reschedule_command")
+    def _default_reschedule_command(self):
+        return shutil.which("condor_reschedule") or ""
+
     store_cred_command = Unicode(
         config=True,
         help="""The path to ``condor_store_cred`` (gives the credd the users' data tokens; ``/usr/sbin`` in
@@ -281,7 +291,7 @@ class HTCondorBackend(JobQueueBackend):
             env["_CONDOR_CREDD_HOST"] = self.facility.credd_host
         return CondorTools(submit=self.submit_command, remove=self.cancel_command, query=self.status_command,
                            history=self.history_command, environment=env, schedd_name=self.facility.schedd_host,
-                           timeout=self.condor_timeout, store_cred=self.store_cred_command)
+                           timeout=self.condor_timeout, store_cred=self.store_cred_command, reschedule=self.reschedule_command)
 
     async def schedd_for(self, username: str) -> UserSchedd:
         """The schedd as ``username``'s own HTCondor identity."""
@@ -368,7 +378,9 @@ class HTCondorBackend(JobQueueBackend):
         schedd = await self.schedd_for(username)
         directory = await asyncio.to_thread(self._write_job, job)
         try:
-            return await schedd.submit(directory, SUBMIT_FILE)
+            job_id = await schedd.submit(directory, SUBMIT_FILE)
+            self.task_pool.spawn(schedd.reschedule_when_spooled([job_id]))  # best effort: the match comes sooner
+            return job_id
         except CondorOutputError:
             # the schedd answered, but not with one job id: leave nothing of this job behind
             await self._remove_quietly(schedd, job.constraint)
