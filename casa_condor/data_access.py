@@ -22,6 +22,8 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from casa_hub.facility import SERVICE_NAME
+
 #: the variables about data access a worker is given (the contract with casa_session.xcache).
 #: TODO(merge): casa_session.xcache.WORKER_VARIABLES (the data-access half of issue 16) names the same
 #: variables; import it from there once it lands, and drop this tuple.
@@ -33,7 +35,6 @@ CA_FILE, TOKEN_FILE = "xcache-ca.pem", "bearer_token"
 CREDS_DIR = "$_CONDOR_CREDS"
 #: what an address may hold: it is written into a shell line that every user of the pool can read
 _ADDRESS = re.compile(r"^(root|roots|https|davs)://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._/-]*)?$")
-_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 
 class DataAccessError(ValueError):
@@ -55,7 +56,7 @@ class WorkerDataAccess:
                 raise DataAccessError(f"{name} is not an XCache address variable ({', '.join(ADDRESS_VARIABLES)})")
             if not _ADDRESS.match(value or ""):
                 raise DataAccessError(f"{name}={value!r} is not an XCache address (root://, roots:// or https://host:port)")
-        if self.service and not _SERVICE.match(self.service):
+        if self.service and not SERVICE_NAME.fullmatch(self.service):
             raise DataAccessError(f"{self.service!r} is not an HTCondor OAuth service name")
 
     @property

@@ -17,6 +17,7 @@ Used by tests/test_htcondor_workers_e2e.py, tests/test_htcondor_data_e2e.py and 
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import socket
 import ssl
@@ -24,8 +25,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import dask.config
+import pytest
+
 from casa_hub.bundle import BEARER_TOKEN_PATH
 from casa_hub.plan import plan_session
+from casa_session.cluster import CasaCluster
 from casa_session.htcondor_workers import LoopThread
 from casa_spawner.data_token import DataTokenStore
 from casa_spawner.demo.traefik import TraefikProcess
@@ -172,3 +177,28 @@ class HTCondorSite:
     def session_jobs(self, *attrs: str) -> list[list[str]]:
         """This session's jobs in the queue (read as the pool's admin)."""
         return self.pool.queue(f'CasaSession == "{self.session_id}"', *(attrs or ("ClusterId",)))
+
+
+def in_session(mp: pytest.MonkeyPatch, site: HTCondorSite, **overrides: str) -> None:
+    """The notebook's environment of ``site`` in this process (``overrides`` replace variables)."""
+    for name, value in {**site.env, **overrides}.items():
+        mp.setenv(name, value)
+
+
+@contextlib.contextmanager
+def scaled_cluster(site: HTCondorSite, n: int, config: dict):
+    """``CasaCluster()`` in ``site``'s session (dask ``config`` set) with ``n`` HTCondor workers connected, and a
+    client of it; both closed on exit."""
+    with pytest.MonkeyPatch.context() as mp, dask.config.set(config):
+        in_session(mp, site)
+        cluster = CasaCluster()
+        try:
+            cluster.scale(n)
+            cluster.wait_for_workers(n)
+            client = cluster.get_client(timeout="30s")
+            try:
+                yield cluster, client
+            finally:
+                client.close()
+        finally:
+            cluster.close()

@@ -33,19 +33,11 @@ from casa_spawner.local import CasaLocalSpawner
 from tests.condor_pool import TRUST_DOMAIN
 from tests.fake_hub import FakeUser
 from tests.fake_kube.spawners import make_spawner as make_kube_spawner
+from tests.recording_tool import recording_tool, what_it_saw
 from tests.secret_scan import encoded_forms
 
 TOKEN = b"macaroon-of-alice-" + secrets.token_hex(16).encode() + b"\n"
-
-RECORDING_STORE_CRED = """#!{python}
-import json, os, sys
-tokens = os.environ.get("_CONDOR_SEC_TOKEN_DIRECTORY", "")
-files = {{n: open(os.path.join(tokens, n)).read() for n in os.listdir(tokens)}} if tokens else {{}}
-json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "stdin": sys.stdin.read(), "tokens": files,
-           "modes": {{n: oct(os.stat(os.path.join(tokens, n)).st_mode & 0o777) for n in files}},
-           "dir_mode": oct(os.stat(tokens).st_mode & 0o777) if tokens else ""}}, open({record!r}, "w"))
-print("Account: <current> (root)\\nCredType: oauth\\n\\nOperation succeeded. Credential was stored on 2026-12-07 12:00:00")
-"""
+STORED = "Account: <current> (root)\nCredType: oauth\n\nOperation succeeded. Credential was stored on 2026-12-07 12:00:00"
 
 
 def failed_stores() -> float:
@@ -64,16 +56,13 @@ async def test_the_token_goes_on_stdin_with_one_short_lived_token_of_the_user_an
         make_facility, master_secrets, tmp_path, monkeypatch):
     import jwt
 
-    record = tmp_path / "record.json"
-    tool = tmp_path / "condor_store_cred"
-    tool.write_text(RECORDING_STORE_CRED.format(python=sys.executable, record=str(record)))
-    tool.chmod(0o755)
+    tool, record = recording_tool(tmp_path, "condor_store_cred", STORED)
     monkeypatch.setenv("CASA_HUB_ONLY", "not for condor_store_cred")
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)
-    store = DataTokenStore(facility=store_facility(make_facility), store_command=str(tool))
+    store = DataTokenStore(facility=store_facility(make_facility), store_command=tool)
     assert store.enabled
     assert await store.store("alice", TOKEN) is True
-    seen = json.loads(record.read_text())
+    seen = what_it_saw(record)
     assert seen["argv"] == ["add-oauth", "-P", "-s", "xcache", "-i", "-"] and seen["stdin"] == TOKEN.decode()
     env = seen["env"]
     assert "CASA_HUB_ONLY" not in env and env["_CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS"] == "IDTOKENS"

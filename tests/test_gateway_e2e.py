@@ -191,6 +191,16 @@ def data_reader():
     return read
 
 
+def one_worker_cluster(gateway, clusters: list):
+    """A new cluster of the gateway's user (kept in ``clusters`` for the clean-up) with one worker connected."""
+    cluster = gateway.new_cluster()
+    clusters.append(cluster)
+    cluster.scale(1)
+    client = cluster.get_client()
+    client.wait_for_workers(1, timeout=180)
+    return cluster, client
+
+
 def test_the_workers_read_through_the_xcache_with_the_users_token_renewed_while_they_run(condor_pool, hub, tmp_path, xcache):
     import hashlib
     import time
@@ -206,11 +216,7 @@ def test_the_workers_read_through_the_xcache_with_the_users_token_renewed_while_
     clusters = []
     try:
         with gw.client("alice") as alice, gw.client("bob") as bob:
-            cluster = alice.new_cluster()
-            clusters.append(cluster)
-            cluster.scale(1)
-            client = cluster.get_client()
-            client.wait_for_workers(1, timeout=180)
+            cluster, client = one_worker_cluster(alice, clusters)
             (first,) = client.run(data_reader(), EVENTS).values()
             assert first.get("sha256") == expected, first
             assert first["token_file"].endswith("/.condor_creds/xcache.use") and first["mode"] == 0o600
@@ -225,11 +231,7 @@ def test_the_workers_read_through_the_xcache_with_the_users_token_renewed_while_
             assert len(tokens) >= 2
             assert [c for c, _, _, role, _ in cluster_jobs(condor_pool, cluster.name) if role == "worker"] == worker_job
 
-            theirs = bob.new_cluster()
-            clusters.append(theirs)
-            theirs.scale(1)
-            bobs = theirs.get_client()
-            bobs.wait_for_workers(1, timeout=180)
+            _, bobs = one_worker_cluster(bob, clusters)
             (refused,) = bobs.run(data_reader(), EVENTS).values()
             assert "HTTP 403" in refused.get("error", ""), refused  # bob's token does not cover alice's area
 

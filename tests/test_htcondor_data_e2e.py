@@ -24,7 +24,7 @@ from casa_session.cluster import CasaCluster
 from casa_spawner.demo.events import EVENTS_NAME, write_events
 from tests.condor_pool import CREDENTIAL_REFRESH, worker_python
 from tests.gateway_process import wait_until
-from tests.htcondor_session import XCACHE_SITE, HTCondorSite
+from tests.htcondor_session import XCACHE_SITE, HTCondorSite, in_session, scaled_cluster
 from tests.secret_scan import encoded_forms, files_under, master_secret_forms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -83,25 +83,11 @@ def site(condor_pool, events, tmp_path_factory):
         condor_pool.tool("condor_rm", "-constraint", f'CasaSession == "{site.session_id}"')
 
 
-def in_session(mp: pytest.MonkeyPatch, site: HTCondorSite, **overrides: str) -> None:
-    for name, value in {**site.env, **overrides}.items():
-        mp.setenv(name, value)
-
-
 @pytest.fixture(scope="module")
 def alice(site):
     """Alice's ``CasaCluster()`` with 2 HTCondor workers (shared by the tests in file order)."""
-    with pytest.MonkeyPatch.context() as mp, dask.config.set({**WORKER_SIZE, "jobqueue.casa.python": worker_python()}):
-        in_session(mp, site)
-        cluster = CasaCluster()
-        try:
-            cluster.scale(2)
-            cluster.wait_for_workers(2)
-            client = cluster.get_client(timeout="30s")
-            yield cluster, client
-            client.close()
-        finally:
-            cluster.close()
+    with scaled_cluster(site, 2, {**WORKER_SIZE, "jobqueue.casa.python": worker_python()}) as (cluster, client):
+        yield cluster, client
 
 
 def macaroon(site: HTCondorSite, user: str, issued: dt.datetime, lifetime: int) -> bytes:
