@@ -18,4 +18,5 @@ bench:
 	python3 -m bench.route
 	python3 -m bench.gateway
 	python3 -m bench.xcache
+	python3 -m bench.coffea
 	python3 -m bench.htcondor_workers

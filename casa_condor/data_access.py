@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 from casa_hub.facility import SERVICE_NAME
 
-#: the variables about data access a worker is given (the contract with casa_session.xcache).
-#: TODO(merge): casa_session.xcache.WORKER_VARIABLES (the data-access half of issue 16) names the same
-#: variables; import it from there once it lands, and drop this tuple.
+#: the variables about data access a worker is given: the names ``casa_session.xcache.WORKER_VARIABLES`` reads on the
+#: worker (named again here because the gateway, in casa_spawner, may not import casa_session; a test checks they agree)
 WORKER_VARIABLES = ("XCACHE_HOST", "XCACHE_HTTPS_HOST", "XCACHE_CA_FILE", "BEARER_TOKEN_FILE")
 ADDRESS_VARIABLES = ("XCACHE_HOST", "XCACHE_HTTPS_HOST")
 #: sandbox file names of what travels with the job

@@ -138,7 +138,15 @@ class Facility(SingletonConfigurable):
         """,
     )
     xcache_site = Unicode("", config=True, help="XCache ``all.sitename``; the macaroon's location, e.g. ``T2_US_Nebraska``. Empty: ``domain``.")
-    xcache_host = Unicode("", config=True, help="XCache address given to the notebook as ``XCACHE_HOST``, e.g. ``root://xcache.cmsaf.unl.edu:1094``.")
+    xcache_host = Unicode("", config=True, help="""XCache address given to the notebook (and its workers) as ``XCACHE_HOST``:
+        ``root://host:port`` or ``https://host:port``, e.g. ``root://red-xcache1.unl.edu:1094``.""")
+    xcache_https_host = Unicode(
+        "",
+        config=True,
+        help="""The XCache's HTTPS endpoint where it is not ``xcache_host``'s host:port, given as ``XCACHE_HTTPS_HOST``,
+        e.g. ``https://xcache.example.org:8443``.  Empty: HTTPS on ``xcache_host``'s host and port (XRootD serves
+        ``root://`` and HTTPS on one port).""",
+    )
     xcache_activities = List(Unicode(), ["READ_METADATA", "DOWNLOAD", "LIST"], config=True, help="XRootD activities granted by the macaroon.")
     xcache_paths = List(
         Unicode(),
@@ -170,6 +178,19 @@ class Facility(SingletonConfigurable):
             return list(parse_authz(proposal["value"]))
         except CredentialError as e:
             raise ConfigurationError(f"Facility.condor_authz: {e}") from None
+
+    @validate("xcache_host", "xcache_https_host")
+    def _validate_xcache_address(self, proposal):
+        value, name = proposal["value"].strip().rstrip("/"), proposal["trait"].name
+        if not value:
+            return value
+        schemes = ("https",) if name == "xcache_https_host" else ("root", "roots", "https")
+        scheme, _, rest = value.partition("://")
+        host = rest.rsplit("@", 1)[-1]
+        if scheme not in schemes or not host or "/" in host or any(c.isspace() for c in host):
+            raise ConfigurationError(f"Facility.{name}={proposal['value']!r}: expected {' or '.join(s + '://host:port' for s in schemes)}"
+                                     " (plain http:// would carry the token in clear)")
+        return value
 
     @validate("xcache_activities")
     def _validate_activities(self, proposal):

@@ -127,6 +127,8 @@ def facility_environment(facility: Facility) -> dict[str, str]:
         env["_CONDOR_SCHEDD_HOST"] = facility.schedd_host
     if facility.xcache_host:
         env["XCACHE_HOST"] = facility.xcache_host
+    if facility.xcache_https_host:
+        env["XCACHE_HTTPS_HOST"] = facility.xcache_https_host
     if facility.stores_data_tokens:
         env[DATA_TOKEN_SERVICE_ENV] = facility.data_token_service
     return env

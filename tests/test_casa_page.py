@@ -19,7 +19,7 @@ from casa_hub.errors import CasaError
 from casa_session.connect import read_bundle
 from casa_session.page.bundle import build_bundle, bundle_name
 from casa_session.page.html import render_page
-from casa_session.page.info import session_info, token_expiry
+from casa_session.page.info import dashboard_link, session_info, token_expiry
 from tests.casa_cli import run_casa
 from tests.secret_scan import master_secret_forms
 
@@ -99,6 +99,24 @@ def test_the_page_shows_address_expiries_and_the_download(session):
     assert "http://127.0.0.1:8787/status" in html and 'href="/user/alice/casa/bundle"' in html
     assert "alice&lt;script&gt;" in html and "<script>" not in html
     assert html.count("<td class='expires'>") == 5
+
+
+@pytest.mark.parametrize("link, shown", [
+    # what the spawners publish: the dashboard through the notebook server's jupyter-server-proxy
+    ("{JUPYTERHUB_SERVICE_PREFIX}proxy/41234/status", "/user/alice/proxy/41234/status"),
+    ("http://127.0.0.1:8787/status", "http://127.0.0.1:8787/status"),
+    ("", ""),
+    # distributed's default, {host} and {port}: only a client knows them, the page shows none
+    ("{scheme}://{host}:{port}/status", ""),
+    ("{JUPYTERHUB_SERVICE_PREFIX", ""),
+])
+def test_the_dashboard_link_is_filled_from_the_session_as_distributed_fills_it(session, link, shown):
+    env, _ = session
+    env = {**env, "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "DASK_DISTRIBUTED__DASHBOARD__LINK": link}
+    assert dashboard_link(env) == shown
+    assert session_info(env).dashboard_link == shown
+    html = render_page(session_info(env), bundle_url="/user/alice/casa/bundle", user="alice", now=NOW)
+    assert (f"href='{shown}'" in html) if shown else ("not published for this session" in html)
 
 
 def test_read_bundle_from_zip_and_directory(session, tmp_path):

@@ -8,18 +8,13 @@ ignores), which isolates the cluster's own logic.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from jupyterhub.utils import random_port
 
-from casa_hub.dask_tls import make_session_tls
 from casa_session.cluster import CasaCluster, LocalProcessWorkers, SchedulerConnection, WorkerLauncher
-from tests.secret_files import write_secret_file
+from tests.dask_scheduler import tls_scheduler
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,40 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def scheduler(tmp_path):
     """A TLS scheduler (as the spawner runs it) and the notebook's connection to it."""
-    tls = make_session_tls("alice.dask.casa.test")
-    files = {"ca": tls.ca_pem, "scheduler": tls.scheduler_pem, "client": tls.client_pem, "worker": tls.worker_pem}
-    for name, pem in files.items():
-        write_secret_file(tmp_path / f"{name}.pem", pem)
-    port = random_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",
-         "--port", str(port), "--dashboard-address", f"127.0.0.1:{random_port()}",
-         "--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "scheduler.pem"),
-         "--tls-key", str(tmp_path / "scheduler.pem")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "scheduler did not start"
-                time.sleep(0.2)
-        # the name does not resolve: connect to 127.0.0.1 and send it as SNI, as through Traefik
-        yield SchedulerConnection(
-            address=f"tls://alice.dask.casa.test:{port}", connect_host="127.0.0.1", ca_file=str(tmp_path / "ca.pem"),
-            client_cert=str(tmp_path / "client.pem"), client_key=str(tmp_path / "client.pem"),
-            worker_cert=str(tmp_path / "worker.pem"), worker_key=str(tmp_path / "worker.pem"),
-        )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with tls_scheduler(tmp_path) as connection:
+        yield connection
 
 
 class RecordingLauncher(WorkerLauncher):

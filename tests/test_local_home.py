@@ -16,7 +16,9 @@ def test_the_shipped_example_notebook_is_valid_and_is_copied(tmp_path):
     _copy_missing(casa_session.EXAMPLES_DIR, str(home))
     nb = json.loads((home / "columnar-example.ipynb").read_text())
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    assert "XCache()" in code and "CasaCluster()" in code and "savefig" in code
+    # a coffea analysis on the session's workers, drawn inline
+    assert "XCache()" in code and "CasaCluster()" in code and "processor.Runner(" in code and "NanoAODSchema" in code
+    assert "%matplotlib inline" in code and "Agg" not in code
 
 
 def test_a_users_own_edits_are_kept(tmp_path):

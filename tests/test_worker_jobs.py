@@ -262,3 +262,10 @@ def test_the_identity_shown_is_the_tokens_subject(condor_env, tmp_path):
 
     assert token_identity(Path(condor_env["_CONDOR_SEC_TOKEN_DIRECTORY"])) == "alice@casa.test"
     assert token_identity(tmp_path) == "the session's HTCondor identity"
+
+
+def test_workers_get_exactly_the_variables_casa_session_xcache_reads():
+    from casa_condor import data_access
+    from casa_session import xcache
+
+    assert data_access.WORKER_VARIABLES == xcache.WORKER_VARIABLES

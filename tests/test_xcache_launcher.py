@@ -21,6 +21,7 @@ import pytest
 
 from casa_hub.errors import CasaError
 from casa_hub.facility import Facility
+from casa_spawner.demo.server_tls import make_server_tls
 from casa_spawner.demo.xcache import DEMO_DATA, DEMO_DATA_PATH, XCacheServer, ensure_macaroon_secret, xrootd_config
 
 SITE = "CASA_XC_TEST"
@@ -220,3 +221,38 @@ async def test_a_cancelled_start_leaves_nothing(secret_file, monkeypatch):
     assert srv.origin is None and srv.cache is None and srv.run_dir is None and not run_dir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_config_offers_ztn_over_tls_and_the_caches_own_identity():
+    lines = xrootd_config(port=1094, sitename=SITE, secret_path="/s", export_root="/e", admin_dir="/a", authdb_path="/d",
+                          tls=("/c", "/k", "/ca"), sss_keytab="/kt").splitlines()
+    assert "sec.protocol ztn -expiry optional -tokenlib libXrdMacaroons.so" in lines and "sec.protocol sss -s /kt" in lines
+    assert "xrootd.seclib libXrdSec.so" in lines and "xrd.tls /c /k" in lines
+    plain = xrootd_config(port=1094, sitename=SITE, secret_path="/s", export_root="/e", admin_dir="/a", authdb_path="/d")
+    assert "ztn" not in plain  # ztn needs TLS: a server without it offers none
+    assert not any(w in line for line in lines for w in ("sec.trace", "http.trace", "pfc.trace"))
+
+
+@pytest.mark.parametrize("name", ["casa demo server CA 1a2b", "  Mixed   CASE\tname ", "ünïcode CA"])
+def test_the_ca_directory_names_files_as_openssl_looks_them_up(tmp_path, name):
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    from casa_hub.ca_dir import add_ca, subject_hash
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Casa Test"), x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(Encoding.PEM)
+    openssl = subprocess.run(["openssl", "x509", "-hash", "-noout"], input=pem, capture_output=True, check=True).stdout.decode().strip()
+    assert subject_hash(pem) == openssl
+    first = add_ca(tmp_path, pem)
+    assert first.name == f"{openssl}.0" and add_ca(tmp_path, pem) == first  # kept, not copied twice
+    assert add_ca(tmp_path, make_server_tls().ca_pem).parent == tmp_path

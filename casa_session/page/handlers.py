@@ -1,8 +1,8 @@
-"""The casa page's two handlers: the page, and the bundle download.
+"""The casa page's handlers: the page, the bundle download, and the way to the session's dashboard.
 
-Both are ``JupyterHandler`` s behind ``@web.authenticated`` and jupyter_server's ``@authorized``:
+All are ``JupyterHandler`` s behind ``@web.authenticated`` and jupyter_server's ``@authorized``:
 in a JupyterHub single-user server that is the hub's OAuth, so only users the hub lets into this
-server get an answer.  Neither is cached by the browser (the bundle holds a private key).
+server get an answer.  None is cached by the browser (the bundle holds a private key).
 """
 
 from __future__ import annotations
@@ -52,3 +52,23 @@ class BundleHandler(_CasaHandler):
         self.set_header("Content-Type", "application/zip")
         self.set_header("Content-Disposition", f'attachment; filename="{bundle_name(info)}"')
         self.finish(build_bundle(info))
+
+
+class DashboardHandler(_CasaHandler):
+    """``casa/dashboard/<path>``: a redirect to ``<path>`` on the session's own Dask dashboard.
+
+    The address stays the same from one session to the next while the dashboard's own (a port
+    behind jupyter-server-proxy) may not, so JupyterLab's Dask sidebar can be given it once
+    (``defaultURL``) and never keeps a stale one.
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self, path):
+        info = self.info_or_none()
+        link = info.dashboard_link if info else ""
+        if not link:
+            raise web.HTTPError(404, "this session publishes no Dask dashboard")
+        base = link[: -len("status")] if link.endswith("/status") else link.rstrip("/") + "/"
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.redirect(base + path + query)

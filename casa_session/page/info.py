@@ -8,13 +8,13 @@ it issued them.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from ..xcache_token import token_facts
 
 # the notebook's files (casa_hub.bundle's layout), what the page calls them
 CREDENTIALS = (
@@ -88,11 +88,25 @@ def session_info(env=None) -> SessionInfo:
     return SessionInfo(
         scheduler_address=env["CASA_SCHEDULER_ADDRESS"],
         connect_host=env.get("CASA_SCHEDULER_CONNECT_HOST", ""),
-        dashboard_link=env.get("DASK_DISTRIBUTED__DASHBOARD__LINK", ""),
+        dashboard_link=dashboard_link(env),
         xcache_host=env.get("XCACHE_HOST", ""),
         credentials_dir=str(root),
         credentials=creds,
     )
+
+
+def dashboard_link(env) -> str:
+    """The session's dashboard URL as a browser uses it (empty: none published).
+
+    distributed's ``distributed.dashboard.link`` (``DASK_DISTRIBUTED__DASHBOARD__LINK``) is a
+    template filled from the environment, as ``Client.dashboard_link`` fills it, e.g.
+    ``{JUPYTERHUB_SERVICE_PREFIX}proxy/8787/status``; ``{host}`` or ``{port}`` only a client knows.
+    """
+    template = env.get("DASK_DISTRIBUTED__DASHBOARD__LINK", "")
+    try:
+        return template.format(**env)
+    except (KeyError, IndexError, ValueError):
+        return ""
 
 
 def read_credential(root: Path, rel: str, label: str, kind: str) -> Credential:
@@ -112,20 +126,7 @@ def certificate_expiry(pem: bytes) -> dt.datetime:
 
 def token_expiry(token: str) -> dt.datetime | None:
     """A JWT's ``exp`` or a macaroon's ``before:`` caveat; None if the token has neither."""
-    token = token.splitlines()[0] if token else ""
-    if token.count(".") == 2:  # a JWT (HTCondor IDTOKEN, WLCG token)
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return dt.datetime.fromtimestamp(int(claims["exp"]), dt.timezone.utc) if "exp" in claims else None
-    from pymacaroons import Macaroon
-
-    try:
-        mac = Macaroon.deserialize(token)
-    except Exception as e:  # pymacaroons raises several kinds for garbage
-        raise ValueError(f"not a JWT or a macaroon: {type(e).__name__}") from None
-    for caveat in mac.first_party_caveats():
-        cid = caveat.caveat_id
-        cid = cid.decode() if isinstance(cid, bytes) else cid
-        if cid.startswith("before:"):
-            return dt.datetime.strptime(cid[len("before:"):], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-    return None
+    facts = token_facts(token.splitlines()[0] if token else "")
+    if facts.kind == "unknown":
+        raise ValueError("not a JWT or a macaroon")
+    return facts.expires

@@ -539,7 +539,9 @@ def _worker_python(text: str | None) -> str:
 #: what the one-machine facility runs beyond the hub, all in the ``[demo]`` extra: the notebook,
 #: the hub's proxy, the Dask scheduler (distributions -> modules)
 DEMO_MODULES = {"jupyterlab": "jupyterlab", "jupyterhub-traefik-proxy": "jupyterhub_traefik_proxy", "distributed": "distributed",
-                "uproot": "uproot", "awkward": "awkward", "matplotlib": "matplotlib"}
+                "uproot": "uproot", "awkward": "awkward", "matplotlib": "matplotlib",
+                "dask-labextension": "dask_labextension", "jupyter-server-proxy": "jupyter_server_proxy",  # the Dask panes
+                "coffea": "coffea", "hist": "hist", "mplhep": "mplhep"}  # the example analysis
 
 
 def missing_demo_parts() -> list[str]:

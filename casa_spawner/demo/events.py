@@ -1,12 +1,15 @@
-"""The demo's event file: a small ROOT file of dimuon events, written with uproot at start.
+"""The demo's event file: a small NanoAOD-like ROOT file of dimuon events, written with uproot at start.
 
-A columnar analysis needs columns to read: ``Events`` holds, per event, a jagged list of muons
-(``Muon_pt``, ``Muon_eta``, ``Muon_phi`` in GeV and radians, ``Muon_charge``) as NanoAOD
-names them.  Most events are Z -> mu mu decays (a Breit-Wigner at 91.19 GeV, decayed
-isotropically and boosted), the rest a falling continuum and events with one or three muons, so
-the notebook's dimuon-mass histogram shows a Z peak.  Deterministic for a seed: the tests read
-the same file directly and compare the histogram.  numpy, awkward and uproot (the ``[demo]`` extra)
-are imported when the file is made, so ``casa demo`` can say what is missing without them.
+A columnar analysis needs columns to read, and coffea's ``NanoAODSchema`` needs them as CMS
+NanoAOD lays them out: a TTree ``Events`` with the event's ``run``, ``luminosityBlock`` and
+``event`` numbers and, per event, a jagged collection of muons (``nMuon``, ``Muon_pt``,
+``Muon_eta``, ``Muon_phi`` in GeV and radians, ``Muon_mass``, ``Muon_charge``).  Written with
+``mktree``: uproot >= 5.7 writes RNTuple by default, which ``NanoAODSchema`` refuses.  Most
+events are Z -> mu mu decays (a Breit-Wigner at 91.19 GeV, decayed isotropically and boosted),
+the rest a falling continuum and events with one or three muons, so the notebook's dimuon-mass
+histogram shows a Z peak.  Deterministic for a seed: the tests read the same file directly and
+compare the histogram.  numpy, awkward and uproot (the ``[demo]`` extra) are imported when the
+file is made, so ``casa demo`` can say what is missing without them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 from pathlib import Path
 
 Z_MASS, Z_WIDTH = 91.1876, 2.4952
+MUON_MASS = 0.10566
+RUN, EVENTS_PER_LUMI_BLOCK = 1, 1000
 EVENTS_NAME = "events.root"
 TREE = "Events"
 
@@ -50,7 +55,7 @@ def _kinematics(vec):
 
 
 def make_events(n_events: int = 20000, seed: int = 13):
-    """``n_events`` events as an awkward record array of jagged muons (fields pt, eta, phi, charge)."""
+    """``n_events`` events as an awkward record array of jagged muons (fields pt, eta, phi, mass, charge)."""
     import awkward as ak
     import numpy as np
 
@@ -75,18 +80,26 @@ def make_events(n_events: int = 20000, seed: int = 13):
         a, b = pair[name]
         parts = [ak.unflatten(np.asarray(x, dtype)[m.astype(bool)], m) for x, m in ((a, first), (b, second), (extra[name], third))]
         fields[name] = ak.concatenate(parts, axis=1)
-    return ak.zip(fields)
+    fields["mass"] = ak.full_like(fields["pt"], MUON_MASS)
+    return ak.zip({name: fields[name] for name in ("pt", "eta", "phi", "mass", "charge")})
 
 
 def write_events(path: os.PathLike | str, n_events: int = 20000, seed: int = 13) -> Path:
-    """Write the ``Events`` tree (``nMuon``, ``Muon_pt``, ...) to ``path`` with uproot (blocking)."""
+    """Write the ``Events`` tree (``run``, ``luminosityBlock``, ``event``, ``nMuon``, ``Muon_pt``, ...) to ``path`` (blocking)."""
+    import numpy as np
     import uproot
 
     muons = make_events(n_events, seed)
+    number = np.arange(1, n_events + 1, dtype=np.uint64)
+    ids = {  # NanoAOD's types: UInt_t run and luminosityBlock, ULong64_t event
+        "run": np.full(n_events, RUN, dtype=np.uint32),
+        "luminosityBlock": (1 + (number - 1) // EVENTS_PER_LUMI_BLOCK).astype(np.uint32),
+        "event": number,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with uproot.recreate(path) as out:
-        tree = out.mktree(TREE, {"Muon": muons.type.content}, counter_name=lambda name: f"n{name}",
-                          field_name=lambda outer, inner: f"{outer}_{inner}")
-        tree.extend({"Muon": muons})
+        tree = out.mktree(TREE, {**{k: v.dtype for k, v in ids.items()}, "Muon": muons.type.content},
+                          counter_name=lambda name: f"n{name}", field_name=lambda outer, inner: f"{outer}_{inner}")
+        tree.extend({**ids, "Muon": muons})
     return path

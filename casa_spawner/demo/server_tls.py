@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -34,7 +35,9 @@ def make_server_tls(hosts=("localhost", "127.0.0.1"), *, lifetime: int = 30 * 86
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(seconds=lifetime)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("casa demo server CA")
+    # a name of its own per run: OpenSSL finds a CA in a hashed directory by its name, and a process that
+    # verified one run's XCache (an XRootD client keeps what it looked up) must still find the next run's
+    ca_name = _name(f"casa demo server CA {secrets.token_hex(4)}")
     ca = (
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)

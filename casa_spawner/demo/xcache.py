@@ -8,18 +8,42 @@ Two ``xrootd`` 5.5 processes (Debian ``xrootd-server`` + ``xrootd-server-plugins
   the origin: it stores each file it reads under :attr:`XCacheServer.cache_root`, and serves a
   file read once from there afterwards (even with the origin down).
 
-Both check the hub's macaroons (``libXrdMacaroons``, the same ``macaroons.secretkey`` the hub signs
-with, ``all.sitename`` = the macaroons' location): a user presents hers as
-``Authorization: Bearer <token>`` over HTTPS, and the cache forwards it to the origin on a miss
-(``authz``), so neither lets a request through that the token does not allow.  Requests without a
-valid macaroon fall through to ``acc.authdb``: only ``public_paths`` are readable that way.
+Both serve the two protocols physicists read with, on one port, and check the hub's macaroons
+(``libXrdMacaroons``, the same ``macaroons.secretkey`` the hub signs with, ``all.sitename`` = the
+macaroons' location):
+
+* **HTTPS** (``libXrdHttp``): the token in ``Authorization: Bearer <token>``
+  (``http.header2cgi Authorization authz``), checked at every request;
+* **root://** with XRootD's token authentication **ztn** (``sec.protocol ztn -tokenlib
+  libXrdMacaroons.so``: ztn hands the token to the macaroon library's validator at login, and
+  ``libXrdMacaroons`` 5.5 authorizes each open/stat with the token ztn delivered, ``Entity.creds``).
+  ztn needs TLS (the server then requires it at login: a ``root://`` client upgrades, and the token
+  never travels in clear).  ``-expiry optional``: 5.5 parses ``-expiry`` backwards and its
+  macaroon validator never reports an expiry time, so the default (``required``) compares an
+  uninitialised value; with ``optional`` the login check is the macaroon's own ``before:`` caveat
+  (an expired token cannot log in) and every open re-checks it.
+
+Requests without a valid macaroon fall through to ``acc.authdb``: only ``public_paths`` are
+readable that way.
+
+**How the cache fetches a miss.**  A ztn client's token is bound to its connection; XrdPss only
+forwards a request's CGI (where the HTTPS bearer header ends up), so nothing of a ``root://``
+user's token could reach the origin.  As real XCache deployments do, the cache therefore
+authenticates to the origin with its **own identity**: XRootD's ``sss`` (a shared-secret keytab
+made for each run, readable only by the servers' account), which the origin's ``acc.authdb`` lets
+read ``/store`` (``g xcache /store lr``).  The cache is where users' tokens are enforced, for both
+protocols; the origin still checks every request that does not come from the cache (a user going
+around the cache needs a valid token there too).  The cache's client verifies the origin's TLS
+certificate with the run's CA as a hashed CA directory (XRootD 5.5's client reads only
+``X509_CERT_DIR``).
 
 Each run makes its own CA and server certificate (:mod:`.server_tls`) for ``localhost`` and
 ``127.0.0.1``; clients verify the cache with the CA certificate (:attr:`XCacheServer.ca_file`,
 copied to ``ca_copy``).  XrdHttp 5.5 also answers plain HTTP on the same port (it detects TLS per
-connection): the address given to notebooks (:attr:`XCacheServer.url`) is the HTTPS one.  The
-cache reaches the origin by ``root://`` on loopback.  Never turn on ``pfc.trace``/``http.trace``
-above ``warning``: they log request URLs with the token.
+connection): the HTTPS address is :attr:`XCacheServer.url`, the ``root://`` one
+:attr:`XCacheServer.root_url` (same port).  The cache reaches the origin by ``root://`` (TLS, sss)
+on loopback (TLS for the login; the file data on a data stream in clear).  Never turn on ``pfc.trace``/``http.trace``/``sec.trace`` above ``warning``: they
+log request URLs or credentials with the token.
 
 ``xrootd`` refuses to run as root: as root both are started with ``-R nobody``, so everything they
 read -- configuration, a copy of the secret, the TLS key, the export, the cache -- lives in a
@@ -39,6 +63,7 @@ import os
 import pwd
 import shutil
 import ssl
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -47,6 +72,7 @@ from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.errors import CasaError, ConfigurationError
+from casa_hub.ca_dir import add_ca
 from casa_hub.files import atomic_write
 from casa_hub.macaroon import decode_secret
 from casa_hub.secrets import read_secret_file
@@ -75,11 +101,14 @@ def xrootd_config(
     maxduration: int = 86400,
     exports: tuple[str, ...] = ("/store",),
     tls: tuple[str, str, str] | None = None,
+    sss_keytab: str = "",
     extra_config: tuple[str, ...] = (),
 ) -> str:
     """The ``xrootd`` configuration: one port for xroot and HTTP(S), macaroons authorize.
 
-    ``tls`` = (certificate, key, CA file) turns on TLS (XrdHttp then answers HTTPS).
+    ``tls`` = (certificate, key, CA file) turns on TLS: XrdHttp then answers HTTPS, and
+    ``root://`` clients authenticate with their token by ztn (which requires TLS).
+    ``sss_keytab`` also accepts XRootD's shared-secret protocol (the cache's own identity).
     Requests without a valid macaroon fall through to ``acc.authdb`` (``authdb_path``):
     an empty file refuses them.  Never add ``http.trace all``: it logs bearer tokens.
     """
@@ -94,6 +123,12 @@ def xrootd_config(
     if tls is not None:
         cert, key, ca = tls
         lines += [f"xrd.tls {cert} {key}", f"xrd.tlsca certfile {ca}"]
+    if tls is not None or sss_keytab:
+        lines.append("xrootd.seclib libXrdSec.so")
+    if tls is not None:
+        lines.append("sec.protocol ztn -expiry optional -tokenlib libXrdMacaroons.so")
+    if sss_keytab:
+        lines.append(f"sec.protocol sss -s {sss_keytab}")
     lines += [
         f"xrd.protocol XrdHttp:{int(port)} libXrdHttp.so",
         "http.header2cgi Authorization authz",
@@ -107,20 +142,42 @@ def xrootd_config(
     return "\n".join(lines) + "\n"
 
 
-def cache_config(*, origin: str, ram: str = "1g") -> tuple[str, ...]:
+def cache_config(*, origin: str, ram: str = "1g", blocksize: str = "1m", prefetch: int = 10,
+                 connect_timeout: int = 5, data_streams: int = 2) -> tuple[str, ...]:
     """Lines that turn an :func:`xrootd_config` server into an XCache of ``origin`` (``host:port``).
 
     Its ``oss.localroot`` becomes the cache's storage.  ``pfc.ram`` below ``1g`` is refused by 5.5.
+    ``pfc.blocksize``/``pfc.prefetch``: what the cache asks the origin for at a time, and how many
+    blocks ahead (``bench.xcache`` measures them).  The cache tries an unreachable origin once, for
+    ``connect_timeout`` seconds (XRootD's default: 120 s, 5 times): a miss with the origin down then
+    fails in about 20 s (measured; 5.5's client checks its timeouts every 15 s) instead of outliving
+    the reader's own timeout.  ``data_streams``: the link's data streams beside its main (TLS) one, where
+    the cache's client (``XRD_TLSNODATA``) reads the file data in clear -- it stays on loopback -- and
+    the cold read spends no CPU on encrypting and decrypting it once more.
     """
-    return ("ofs.osslib libXrdPss.so", f"pss.origin {origin}", "pss.cachelib libXrdPfc.so", f"pfc.ram {ram}")
+    return (
+        "ofs.osslib libXrdPss.so", f"pss.origin {origin}", "pss.cachelib libXrdPfc.so",
+        f"pss.setopt ConnectTimeout {int(connect_timeout)}", "pss.setopt ConnectionRetry 1", f"pss.setopt ReconnectWait {int(connect_timeout)}",
+        f"pss.setopt ParStreamsPerPhyConn {int(data_streams)}",
+        f"pfc.ram {ram}", f"pfc.blocksize {blocksize}", f"pfc.prefetch {int(prefetch)}",
+    )
 
 
-def authdb_rules(public_paths) -> str:
-    """``acc.authdb`` text: read/list for anyone on ``public_paths``, nothing else without a macaroon."""
+CACHE_IDENTITY = "xcache"  #: the name the cache's sss key gives it at the origin
+
+
+def authdb_rules(public_paths, *, trusted: tuple[str, ...] = ()) -> str:
+    """``acc.authdb`` text: read/list for anyone on ``public_paths``, for the ``trusted`` groups (the
+    cache's sss identity, at the origin) on ``/store``, nothing else without a macaroon.
+
+    A group rule, not a user rule: XRootD 5.5's macaroon check writes the token's ``name:`` into the
+    connection's identity (``request.name``), and authdb then matches that name on every later request
+    of the connection -- the cache's connections to the origin carry HTTPS users' tokens too."""
     for p in public_paths:
         if not p.startswith("/") or any(c.isspace() for c in p):
             raise ConfigurationError(f"invalid public XCache path {p!r}: absolute, without spaces")
     rules = "".join(f"u * {p} lr\n" for p in public_paths)
+    rules += "".join(f"g {name} /store lr\n" for name in trusted)
     return "# without a valid macaroon only these paths are readable\n" + rules
 
 
@@ -175,6 +232,9 @@ class XCacheServer(LoggingConfigurable):
         ``u * <path> lr``), e.g. ``["/store/data"]`` for open data.  Empty: every request needs a macaroon.""",
     )
     pfc_ram = Unicode("1g", config=True, help="The cache's ``pfc.ram`` (memory for blocks in flight); 5.5 refuses less than ``1g``.")
+    pfc_blocksize = Unicode("1m", config=True, help="""The cache's ``pfc.blocksize``: the unit it fetches from the origin and stores,
+        e.g. ``"4m"`` (XRootD's default ``128k``).""")
+    pfc_prefetch = Int(10, config=True, help="The cache's ``pfc.prefetch``: blocks fetched ahead of a reader (0 turns prefetching off).")
     extra_config = List(Unicode(), config=True, help="""Lines appended verbatim to the cache's configuration, e.g. ``["macaroons.trace all"]``.""")
     run_as = Unicode("nobody", config=True, help="Account ``xrootd -R`` switches to when started as root.")
     xrootd = Unicode(config=True, help="The ``xrootd`` executable; found on PATH by default.")
@@ -208,6 +268,15 @@ class XCacheServer(LoggingConfigurable):
     def url(self) -> str:
         """The cache, as notebooks reach it (``XCACHE_HOST``): ``https://localhost:<port>``."""
         return f"https://{HOST}:{self.port}"
+
+    @property
+    def root_url(self) -> str:
+        """The cache by ``root://`` (token by ztn over TLS), same port: ``root://localhost:<port>``."""
+        return f"root://{HOST}:{self.port}"
+
+    @property
+    def origin_root_url(self) -> str:
+        return f"root://{HOST}:{self.origin_port}"
 
     @property
     def origin_url(self) -> str:
@@ -247,10 +316,14 @@ class XCacheServer(LoggingConfigurable):
 
     # -- start and stop -----------------------------------------------------------
 
-    def _prepare_run_dir(self) -> tuple[list[str], list[str]]:
-        """Lay out the private run directory; return the origin's and the cache's command lines (blocking)."""
+    def _prepare_run_dir(self) -> tuple[list[str], list[str], dict[str, str]]:
+        """Lay out the private run directory; return the origin's and the cache's command lines and
+        the cache's environment (blocking)."""
         if not self.xrootd:
             raise ConfigurationError("the xrootd binary is not installed (Debian: xrootd-server xrootd-server-plugins)")
+        sss_admin = shutil.which("xrdsssadmin", path=f"{Path(self.xrootd).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        if not sss_admin:
+            raise ConfigurationError("xrdsssadmin (Debian: xrootd-server) is not installed beside xrootd")
         decode_secret(read_secret_file(self.secret_file, "macaroon secret"))  # fail early and clearly
         for name in self.users:
             if not name or "/" in name or name in (".", ".."):
@@ -258,7 +331,7 @@ class XCacheServer(LoggingConfigurable):
         for export_path in self.files:
             if not export_path.startswith("/store/") or ".." in Path(export_path).parts:
                 raise ConfigurationError(f"XCache file {export_path!r} must lie under /store/")
-        authdb_text = authdb_rules(self.public_paths)
+        authdb_texts = {"origin": authdb_rules(self.public_paths, trusted=(CACHE_IDENTITY,)), "cache": authdb_rules(self.public_paths)}
         as_root = os.geteuid() == 0
         run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix="casa-xcache-"))
         os.chmod(run_dir, 0o711 if as_root else 0o700)
@@ -280,30 +353,42 @@ class XCacheServer(LoggingConfigurable):
         (tls_dir / "ca.pem").write_bytes(tls.ca_pem)
         (tls_dir / "cert.pem").write_bytes(tls.cert_pem)
         atomic_write(tls_dir / "key.pem", tls.key_pem, mode=0o600)  # xrootd refuses a key others can read
+        ca_dir = tls_dir / "certificates"  # X509_CERT_DIR of the cache's client (towards the origin)
+        ca_dir.mkdir()
+        add_ca(ca_dir, tls.ca_pem)
         os.chmod(tls_dir, 0o755)
+        keytab = run_dir / "sss.keytab"  # the cache's identity at the origin; made fresh for each run
+        made = subprocess.run([sss_admin, "-k", "casa-xcache", "-u", CACHE_IDENTITY, "-g", CACHE_IDENTITY, "add", str(keytab)],
+                              input="y\n", capture_output=True, text=True, timeout=30)
+        if made.returncode or not keytab.is_file():
+            raise XCacheStartError(f"xrdsssadmin could not make the cache's key: {made.stderr.strip() or made.stdout.strip()}")
+        os.chmod(keytab, 0o600)
         secret_copy = run_dir / "macaroon-secret"
         fd = os.open(secret_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(Path(self.secret_file).read_bytes())
-        authdb = run_dir / "authdb"
-        authdb.write_text(authdb_text)
+        for role, text in authdb_texts.items():
+            (run_dir / f"authdb-{role}").write_text(text)
         if not self.origin_port:
             self.origin_port = random_port()
         if not self.port:
             self.port = random_port()
         common = dict(
-            sitename=self.sitename, secret_path=str(secret_copy), authdb_path=str(authdb), maxduration=self.maxduration,
+            sitename=self.sitename, secret_path=str(secret_copy), maxduration=self.maxduration,
             tls=(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem"), str(tls_dir / "ca.pem")),
         )
         commands = []
-        for role, port, root, extra in (
-            ("origin", self.origin_port, export_root, ()),
-            ("cache", self.port, cache_root, (*cache_config(origin=f"127.0.0.1:{self.origin_port}", ram=self.pfc_ram), *self.extra_config)),
+        cache_lines = cache_config(origin=f"127.0.0.1:{self.origin_port}", ram=self.pfc_ram, blocksize=self.pfc_blocksize,
+                                   prefetch=self.pfc_prefetch)
+        for role, port, root, sss, extra in (
+            ("origin", self.origin_port, export_root, str(keytab), ()),
+            ("cache", self.port, cache_root, "", (*cache_lines, *self.extra_config)),
         ):
             admin = run_dir / f"admin-{role}"
             admin.mkdir()
             config = run_dir / f"{role}.cfg"
-            config.write_text(xrootd_config(port=port, export_root=str(root), admin_dir=str(admin), extra_config=tuple(extra), **common))
+            config.write_text(xrootd_config(port=port, export_root=str(root), admin_dir=str(admin), authdb_path=str(run_dir / f"authdb-{role}"),
+                                            sss_keytab=sss, extra_config=tuple(extra), **common))
             commands.append([self.xrootd, *(["-R", self.run_as] if as_root else []), "-c", str(config)])
         if as_root:
             pw = pwd.getpwnam(self.run_as)
@@ -312,18 +397,22 @@ class XCacheServer(LoggingConfigurable):
         if self.ca_copy:
             Path(self.ca_copy).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(Path(self.ca_copy), tls.ca_pem, mode=0o644)
-        return commands[0], commands[1]
+        # the cache's own XRootD client: only sss (never a user's token lying around), the run's CA; the origin
+        # requires TLS at login (ztn), the file data comes over the link's data streams without it (loopback)
+        cache_env = {k: v for k, v in os.environ.items() if not k.startswith(("BEARER_TOKEN", "XrdSec", "X509_", "XRD_"))}
+        cache_env.update(XrdSecPROTOCOL="sss", XrdSecSSSKT=str(keytab), X509_CERT_DIR=str(ca_dir), XRD_TLSNODATA="1")
+        return commands[0], commands[1], cache_env
 
     async def start(self) -> None:
         """Start the origin, then the cache; return once both answer HTTPS.  On failure nothing is left behind."""
         if self.cache is not None:
             raise RuntimeError("the XCache server is already started")
         try:
-            origin_cmd, cache_cmd = await asyncio.to_thread(self._prepare_run_dir)
+            origin_cmd, cache_cmd, cache_env = await asyncio.to_thread(self._prepare_run_dir)
             context = await asyncio.to_thread(self.ssl_context)
-            for role, cmd, port in (("origin", origin_cmd, self.origin_port), ("cache", cache_cmd, self.port)):
+            for role, cmd, port, env in (("origin", origin_cmd, self.origin_port, None), ("cache", cache_cmd, self.port, cache_env)):
                 proc = ChildProcess(f"the XCache's {role} (xrootd)" if role == "origin" else "the XCache (xrootd)", cmd,
-                                    log_path=self.run_dir / f"{role}.log", cwd=self.run_dir)
+                                    log_path=self.run_dir / f"{role}.log", cwd=self.run_dir, env=env)
                 setattr(self, role, proc)
                 await proc.start()
                 self.log.info("XCache %s (xrootd pid %s) starting on port %s", role, proc.pid, port)

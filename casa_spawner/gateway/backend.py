@@ -348,7 +348,8 @@ class HTCondorBackend(JobQueueBackend):
     async def worker_data(self, username: str) -> WorkerDataAccess:
         """The XCache's address and CA, and the user's data token: in the credd (given to it now, as the
         user, if it has not got the current one) or, without a credd service, travelling with the job."""
-        addresses = {"XCACHE_HOST": self.facility.xcache_host} if self.facility.xcache_host else {}
+        addresses = {name: value for name, value in (("XCACHE_HOST", self.facility.xcache_host),
+                                                     ("XCACHE_HTTPS_HOST", self.facility.xcache_https_host)) if value}
         token = await self.data_tokens.current(username)
         if token is not None and self.data_tokens.renewed_in_jobs:
             await self.data_tokens.store(username, await self.schedd_for(username))  # condor_submit says if it failed

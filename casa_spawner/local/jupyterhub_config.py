@@ -105,6 +105,8 @@ c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleu
 # The casa page (/user/<name>/casa/: scheduler address, expiries, the laptop's client bundle), from
 # the package's own Jupyter configuration (an editable install does not put it in <prefix>/etc/jupyter):
 session_environment = {"JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR}
+# and, for the same reason, JupyterLab's settings from the package: the Dask sidebar's default URL is the session's dashboard
+c.Spawner.args = [f"--LabApp.app_settings_dir={casa_session.page.LAB_SETTINGS_DIR}"]
 c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR  # the columnar analysis example, in every home
 
 # -- the facility -------------------------------------------------------------

@@ -178,7 +178,8 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
             plan = await self._materialise()
             self.session_env = plan.environment(
                 self.credentials_dir, f"tls://127.0.0.1:{self.scheduler_port}",
-                dashboard_url=f"http://127.0.0.1:{self.dashboard_port}/status",  # loopback: this machine's browser
+                # through the notebook server's jupyter-server-proxy: only who may use the notebook sees it
+                dashboard_url="{JUPYTERHUB_SERVICE_PREFIX}proxy/%d/status" % self.dashboard_port,
             )
             if self.scheduler_connect_host:
                 self.session_env["CASA_SCHEDULER_CONNECT_HOST"] = self.scheduler_connect_host

@@ -13,6 +13,7 @@
 # CASA_TRUST_DOMAIN        the HTCondor pool's TRUST_DOMAIN
 # CASA_COLLECTOR_HOST / CASA_SCHEDD_HOST   where Dask workers are submitted
 # CASA_XCACHE_HOST         root://... of the XCache
+# CASA_XCACHE_HTTPS_HOST   its https://host:port, only where HTTPS is not served on CASA_XCACHE_HOST's port
 # CASA_CREDD_HOST          the pool's condor_credd (usually the schedd's machine), which keeps each user's
 #                          data token for their running workers; "" turns that off (see below)
 # CASA_KEYS_DIR            where the hub's init container put the master keys (0600, hub uid)
@@ -62,6 +63,7 @@ c.Facility.condor_token_lifetime = 3 * 86400
 c.Facility.macaroon_secret_file = f"{keys_dir}/macaroon-secret"
 c.Facility.xcache_site = "T2_US_Nebraska"
 c.Facility.xcache_host = env("CASA_XCACHE_HOST", "root://red-xcache1.unl.edu:1094")
+c.Facility.xcache_https_host = env("CASA_XCACHE_HTTPS_HOST", "")  # empty: HTTPS on the same host and port
 c.Facility.xcache_paths = ["/store"]
 c.Facility.xcache_token_name = "{slug}"  # usernames may hold spaces (DNs); the slug never does
 c.Facility.xcache_token_lifetime = 12 * 3600  # within XRootD's default maxduration (24 h)
