@@ -233,7 +233,7 @@ def test_the_workers_read_through_the_xcache_with_the_users_token_renewed_while_
 
             _, bobs = one_worker_cluster(bob, clusters)
             (refused,) = bobs.run(data_reader(), EVENTS).values()
-            assert "covers /store/user/bob, not " + EVENTS in refused.get("error", ""), refused  # bob's token: not alice's area
+            assert "covers /store/user/bob/, not " + EVENTS in refused.get("error", ""), refused  # bob's token: not alice's area
 
             ads = condor_pool.tool("condor_q", "-all", "-l").stdout.encode()
             log = gw.log_text().encode()

@@ -204,7 +204,7 @@ def test_bob_cannot_read_alices_area_from_his_worker_but_reads_his_own(site, con
                     (own,) = client.run(reader(), BOBS).values()
             finally:
                 cluster.close()
-        assert "HTTP 403" in alices.get("error", "") and "covers /store/user/bob, not " + EVENTS in alices["error"], alices
+        assert "HTTP 403" in alices.get("error", "") and "covers /store/user/bob/, not " + EVENTS in alices["error"], alices
         assert own.get("sha256") == hashlib.sha256(b"bob's notes\n").hexdigest(), own
     finally:
         bob.stop()
