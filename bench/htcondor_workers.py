@@ -5,11 +5,20 @@ Both clusters submit to the same one-machine pool (``tests/condor_pool.py``: neg
 2 s) as the same IDTOKEN identity, with the same job size (1 core, 256 MiB, the same worker
 Python, no nanny):
 
-- *casa*: ``CasaCluster()`` in a session as the spawner leaves it (``tests/htcondor_session.py``):
-  each worker a spooled job carrying its certificate, joining the session's TLS scheduler through
-  Traefik by SNI;
+- *casa*: ``CasaCluster()`` in a session as the spawner leaves it (``tests/htcondor_session.py``),
+  with the data path: each worker a spooled job carrying its certificate and the XCache's CA,
+  asking the pool's credd for the session's data token (``use_oauth_services``), joining the
+  session's TLS scheduler through Traefik by SNI;
 - *jobqueue*: ``dask_jobqueue.HTCondorCluster`` with its own local scheduler, plain TCP, reached
   directly (``condor_submit -spool``: no shared filesystem for it either).
+
+Every round starts just after a negotiation cycle, and the two clusters take turns going first.
+Where the seconds go, per n (medians): *submit* -- ``scale(n)`` until every job is in the queue
+(casa: its own synchronous ``condor_submit -spool`` calls, files encrypted; jobqueue: its
+submissions run in the cluster's event loop), *start* -- until the last job runs (the job ads'
+``JobCurrentStartDate``: the negotiator's match, the shadow's transfer, the credd's token), and
+*connect* -- until the last worker is connected (the worker's Python start and its TLS handshake
+through Traefik, plus the waiting loop's polling).
 
 Round trip: from inside one HTCondor worker, ``identity`` calls to the scheduler over one open
 connection, and new TLS connections (TCP + handshake), to Traefik's address (what the worker uses)
@@ -35,34 +44,74 @@ import dask.config
 
 from bench.watchdog import start_watchdog
 from casa_session.cluster import CasaCluster
-from tests.condor_pool import PoolThread, worker_python
+from casa_spawner.demo.events import EVENTS_NAME, write_events
+from tests.condor_pool import CREDENTIAL_REFRESH, PoolThread, worker_python
 from tests.htcondor_session import HTCondorSite
 
 JOB_SIZE = {"cores": 1, "memory": "256 MiB", "disk": "64 MiB"}
 
 
-def wait_empty(site: HTCondorSite, constraint: str, timeout: float = 120) -> None:
+def started_at(site: HTCondorSite, constraint: str, n: int, origin_wall: float) -> tuple[float, float]:
+    """Seconds after ``origin_wall`` (a wall-clock time) at which the last of the ``n`` matching jobs entered
+    the queue and started running (the ads' 1-second ``QDate`` and ``JobCurrentStartDate``)."""
+    rows = site.pool.queue(constraint, "QDate", "JobCurrentStartDate")
+    if len(rows) < n or any(not r[1].isdigit() for r in rows):
+        return float("nan"), float("nan")
+    return max(int(r[0]) for r in rows) - origin_wall, max(int(r[1]) for r in rows) - origin_wall
+
+
+def after_a_negotiation_cycle(pool: PoolThread, timeout: float = 30) -> None:
+    """Return just after the pool's negotiator finished a cycle (its log says so): every round starts at the same
+    point of the matchmaking cycle (one every NEGOTIATOR_CYCLE_DELAY = 5 s here), so the time a job waits for its
+    match is the same for both clusters rather than a 0-5 s lottery that three rounds cannot average out."""
+    log = pool.pool.run_dir / "log" / "NegotiatorLog"
+
+    def cycles() -> int:
+        return log.read_text(errors="replace").count("Finished Negotiation Cycle")
+
+    seen, deadline = cycles(), time.monotonic() + timeout
+    while cycles() == seen:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no negotiation cycle within {timeout:g}s")
+        time.sleep(0.05)
+
+
+class Round:
+    """One round's times: total, and its submit / start / connect phases (see the module's docstring)."""
+
+    def __init__(self, total: float, submitted: float, running: float):
+        self.total, self.submit, self.start = total, submitted, running - submitted
+        self.connect = total - running
+
+
+def wait_empty(pool: PoolThread, constraint: str, timeout: float = 120) -> None:
     """Until the pool's queue holds no job matching ``constraint`` (slots free for the next round)."""
     deadline = time.monotonic() + timeout
-    while site.pool.queue(constraint):
+    while pool.queue(constraint):
         if time.monotonic() > deadline:
             raise RuntimeError(f"jobs matching {constraint} still in the queue after {timeout:g}s")
         time.sleep(0.5)
 
 
-def casa_round(site: HTCondorSite, n: int) -> float:
+def casa_round(site: HTCondorSite, n: int) -> Round:
     cluster = CasaCluster()
+    constraint = f'CasaCluster == "{cluster.launcher.cluster_name}"'
     try:
-        started = time.perf_counter()
+        after_a_negotiation_cycle(site.pool)
+        wall, started = time.time(), time.perf_counter()
         cluster.scale(n)
         cluster.wait_for_workers(n, timeout=300)
-        return time.perf_counter() - started
+        total = time.perf_counter() - started
+        return Round(total, *started_at(site, constraint, n, wall))
     finally:
         cluster.close()
-        wait_empty(site, f'CasaCluster == "{cluster.launcher.cluster_name}"')
+        wait_empty(site.pool, constraint)
 
 
-def jobqueue_round(site: HTCondorSite, n: int) -> float:
+JOBQUEUE_JOBS = "DaskWorkerName =!= undefined && CasaSession =?= undefined"  # dask-jobqueue's jobs
+
+
+def jobqueue_round(site: HTCondorSite, n: int) -> Round:
     from dask_jobqueue import HTCondorCluster
 
     cluster = HTCondorCluster(
@@ -71,13 +120,20 @@ def jobqueue_round(site: HTCondorSite, n: int) -> float:
     )
     try:
         with cluster.get_client() as client:
-            started = time.perf_counter()
+            after_a_negotiation_cycle(site.pool)
+            wall, started = time.time(), time.perf_counter()
             cluster.scale(n)
             client.wait_for_workers(n, timeout=300)
-            return time.perf_counter() - started
+            total = time.perf_counter() - started
+            return Round(total, *started_at(site, JOBQUEUE_JOBS, n, wall))
     finally:
         cluster.close()
-        wait_empty(site, "DaskWorkerName =!= undefined && CasaSession =?= undefined")  # dask-jobqueue's jobs
+        wait_empty(site.pool, JOBQUEUE_JOBS)
+
+
+def phases(rounds: list[Round]) -> str:
+    med = {k: statistics.median(getattr(r, k) for r in rounds) for k in ("submit", "start", "connect")}
+    return f"submit {med['submit']:4.1f} + start {med['start']:4.1f} + connect {med['connect']:4.1f}"
 
 
 async def round_trips(dask_worker, addresses: dict, calls: int, blocks: int = 10) -> dict:
@@ -123,7 +179,7 @@ def measure_round_trip(site: HTCondorSite, calls: int) -> dict:
             return client.run(round_trips, addresses=addresses, calls=calls, workers=[worker])[worker]
     finally:
         cluster.close()
-        wait_empty(site, f'CasaCluster == "{cluster.launcher.cluster_name}"')
+        wait_empty(site.pool, f'CasaCluster == "{cluster.launcher.cluster_name}"')
 
 
 def main() -> None:
@@ -137,8 +193,10 @@ def main() -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers' Python has no bench package
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-htcondor-workers-"))
-    pool = PoolThread(workdir, num_cpus=max(sizes) + 1).start()
-    site = HTCondorSite(pool, workdir / "session").start()
+    pool = PoolThread(workdir, num_cpus=max(sizes) + 1, credential_refresh=CREDENTIAL_REFRESH).start()
+    events = write_events(workdir / EVENTS_NAME, n_events=1000, seed=1)
+    site = HTCondorSite(pool, workdir / "session", data={f"/store/user/alice/{EVENTS_NAME}": events},
+                        data_token_service="xcache").start()
 
     def clean_up():
         site.stop()
@@ -152,15 +210,18 @@ def main() -> None:
     try:
         with dask.config.set({**config, "jobqueue.casa.python": worker_python()}):
             print(f"scale(n) to n connected workers, {args.rounds} round(s) each, one-machine HTCondor pool "
-                  f"({max(sizes) + 1} slots), as {site.identity}", flush=True)
+                  f"({max(sizes) + 1} slots, a credd), as {site.identity}; CasaCluster with the data path "
+                  f"(XCache CA spooled, the token from the credd)", flush=True)
             casa_round(site, 1), jobqueue_round(site, 1)  # warm-up: imports, the pool's first match
             for n in sizes:
-                runs = [(casa_round(site, n), jobqueue_round(site, n)) for _ in range(args.rounds)]  # interleaved
-                casa, baseline = [c for c, _ in runs], [b for _, b in runs]
+                runs = [(casa_round(site, n), jobqueue_round(site, n)) if i % 2 == 0 else  # interleaved, each first in turn
+                        tuple(reversed((jobqueue_round(site, n), casa_round(site, n)))) for i in range(args.rounds)]
+                casa, baseline = [c.total for c, _ in runs], [b.total for _, b in runs]
                 ratio = statistics.median(casa) / statistics.median(baseline)
                 print(f"  n={n}: CasaCluster {statistics.median(casa):6.2f} s [{min(casa):.2f}-{max(casa):.2f}]   "
                       f"HTCondorCluster {statistics.median(baseline):6.2f} s [{min(baseline):.2f}-{max(baseline):.2f}]   "
                       f"ratio {ratio:5.2f} x", flush=True)
+                print(f"        casa     {phases([c for c, _ in runs])}\n        jobqueue {phases([b for _, b in runs])}", flush=True)
             trips = measure_round_trip(site, args.calls)
         (t_call, t_conn), (d_call, d_conn) = trips["traefik"], trips["direct"]
         print(f"worker -> scheduler round trip: through Traefik {t_call * 1e3:.3f} ms, direct {d_call * 1e3:.3f} ms, "

@@ -49,6 +49,10 @@ class CondorOutputError(CondorError):
     """A tool answered something these parsers do not understand."""
 
 
+class CreddUnavailable(CondorError):
+    """The credd, which keeps the users' data tokens for their jobs, did not answer or has no token of the user."""
+
+
 @dataclass(frozen=True)
 class JobState:
     """One job as the schedd (queue) or its history reports it."""
@@ -142,6 +146,11 @@ _UNREACHABLE = ("failed to connect", "can't find address", "cannot find address"
                 "timed out", "did not answer", "unable to locate", "no route to host")
 _REFUSED = ("authenticate", "permission denied", "not authorized", "unauthorized", "security session")
 _NOTHING_TO_REMOVE = ("couldn't find/remove all jobs", "there are no jobs in the queue")
+#: condor_submit's words when a job's use_oauth_services cannot be served: no credd, or no token of the user
+_CREDD_UNREACHABLE = ("address of credd", "to credd failed", "locate(credd) failed")
+_CREDENTIAL_MISSING = re.compile(r"credential '([^']+)'[^']*is missing", re.I)
+#: lines of condor_store_cred's output that say nothing about what happened
+_STORE_CRED_PREAMBLE = ("account:", "credtype:")
 
 
 def _first_lines(text: str, lines: int = 6) -> str:
@@ -154,6 +163,13 @@ def classify_failure(action: str, returncode: int, output: str, where: str = "")
     ``where`` names the schedd and collector asked, for an unreachable one."""
     lowered = output.lower()
     words = _first_lines(output)
+    missing = _CREDENTIAL_MISSING.search(output)
+    if missing:
+        return CreddUnavailable(f"could not {action}: the HTCondor credd holds no {missing.group(1)!r} token of this "
+                                f"user for the job to read data with ({words})")
+    if any(s in lowered for s in _CREDD_UNREACHABLE):
+        return CreddUnavailable(f"could not {action}: the HTCondor credd, which hands the job its data token, "
+                                f"is unreachable ({words})")
     if any(s in lowered for s in _REFUSED):
         return IdentityRefused(f"HTCondor refused to {action}: {words}")
     if any(s in lowered for s in _UNREACHABLE):
@@ -174,3 +190,16 @@ def one_line(text: str) -> str:
     """A reason fit for an HTTP reason phrase: one line, printable ASCII, bounded."""
     flat = " ".join(text.split()).encode("ascii", "replace").decode()
     return flat if len(flat) <= REASON_LIMIT else flat[: REASON_LIMIT - 3] + "..."
+
+
+def store_cred_failure(action: str, returncode: int, output: str) -> CondorError:
+    """The error for a ``condor_store_cred`` that failed: it prints "Operation failed." whether the credd
+    is down, unknown or refused the identity, so the message names the likely causes."""
+    kept = "\n".join(line for line in output.splitlines() if not line.strip().lower().startswith(_STORE_CRED_PREAMBLE))
+    return CreddUnavailable(f"could not {action} (exit status {returncode}): {_first_lines(kept)} -- is the credd running "
+                            "(CREDD in the pool's DAEMON_LIST), is CREDD_HOST its address, and does the pool accept the IDTOKEN?")
+
+
+def store_cred_succeeded(output: str) -> bool:
+    """True if ``condor_store_cred`` said the credential was stored."""
+    return "operation succeeded" in output.lower()

@@ -23,10 +23,14 @@ from .output import (
     one_line,
     parse_job_ads,
     parse_submit_output,
+    store_cred_failure,
+    store_cred_succeeded,
 )
 
 #: jobs ``condor_history`` may scan backwards for one answer (it reads the schedd's history file)
 HISTORY_SCAN_LIMIT = 20000
+#: seconds the schedd sleeps after receiving a job's spooled files, before it releases the job (schedd.cpp)
+SPOOL_NAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,19 +44,22 @@ class CondorTools:
     environment: Mapping[str, str] = field(default_factory=dict)  #: ``CONDOR_CONFIG``, ``_CONDOR_COLLECTOR_HOST``, ...
     schedd_name: str = ""  #: passed as ``-name`` where a tool would otherwise read a local file
     timeout: float = 30.0
+    store_cred: str = "condor_store_cred"  #: stores a user's token in the credd (in ``sbin`` of HTCondor's packages)
+    reschedule: str = ""  #: ``condor_reschedule``; "" where there is none (the schedd's own timer then advertises new jobs)
 
-    async def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None
-                  ) -> tuple[int, str, str]:
-        """Run one tool: ``(returncode, stdout, stderr)``; killed (returncode -9) after ``timeout``."""
+    async def run(self, argv: list[str], env: Mapping[str, str], cwd: str | os.PathLike | None = None,
+                  input: bytes | None = None) -> tuple[int, str, str]:
+        """Run one tool: ``(returncode, stdout, stderr)``; killed (returncode -9) after ``timeout``.
+        ``input`` goes to its standard input (a credential never travels as an argument or a file)."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
         except OSError as e:
-            raise CondorError(f"cannot run {argv[0]}: {e.strerror} (is HTCondor installed on the gateway host?)") from None
+            raise CondorError(f"cannot run {argv[0]}: {e.strerror} (are HTCondor's tools installed on this host?)") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+            out, err = await asyncio.wait_for(proc.communicate(input), self.timeout)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
@@ -108,15 +115,48 @@ class UserSchedd:
             raise self._failure(action, code, out + err)
         return parse_submit_output(out)
 
+    async def reschedule_when_spooled(self, job_ids: Iterable[str], timeout: float = 15.0, interval: float = 0.25) -> bool:
+        """Once the jobs' spooled input has arrived, ask the schedd to advertise them to the negotiator now
+        (``condor_reschedule``).  condor_submit's own request comes while the schedd still holds a spooled
+        job (it naps a second after each transfer), so a negotiation cycle can pass the job by until the
+        schedd's next ``SCHEDD_INTERVAL`` update.  Best effort: False without the tool, when the jobs are
+        still spooling at ``timeout``, or when the call fails; never raises but a cancellation."""
+        if not self.tools.reschedule:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        job_ids = list(job_ids)
+        await asyncio.sleep(SPOOL_NAP)  # not released before: no need to ask the schedd earlier
+        try:
+            while any(state.spooling for state in (await self.query(job_ids)).values()):
+                if loop.time() > deadline:
+                    return False
+                await asyncio.sleep(interval)
+            name = ["-name", self.tools.schedd_name] if self.tools.schedd_name else []
+            code, _, _ = await self._run([self.tools.reschedule, *name])
+        except CondorError:
+            return False
+        return code == 0
+
     async def remove(self, constraint: str) -> bool:
         """``condor_rm -constraint``: False if no job of this identity matched (already gone)."""
         action = f"remove jobs as {self.identity}"
         code, out, err = await self._run([self.tools.remove, "-constraint", constraint])
+        if nothing_to_remove(out + err):
+            return False  # (condor_rm exits 0 when the queue holds no job of this identity at all)
         if code == 0:
             return True
-        if nothing_to_remove(out + err):
-            return False
         raise self._failure(action, code, out + err)
+
+    async def store_token(self, service: str, token: bytes) -> None:
+        """``condor_store_cred add-oauth -P -s <service> -i -``: the credd keeps ``token`` (an access token,
+        read from standard input) as this identity's, and the starter copies it into the identity's jobs
+        that name ``service`` in ``use_oauth_services`` -- also into those already running."""
+        action = f"store the {service} token of {self.identity} in the HTCondor credd"
+        argv = [self.tools.store_cred, "add-oauth", "-P", "-s", service, "-i", "-"]
+        code, out, err = await self.tools.run(argv, self.environment(), input=token)
+        if code != 0 or not store_cred_succeeded(out):
+            raise store_cred_failure(action, code, out + err)
 
     async def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
         """The listed jobs that are still in the queue (a job that left it is missing from the answer)."""

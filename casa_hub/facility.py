@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import string
 
 from traitlets import Float, Int, List, Unicode, default, validate
@@ -26,6 +27,8 @@ from .names import UserNames, user_names, validate_domain
 from .secrets import SecretBytes, read_secret_file
 
 TEMPLATE_FIELDS = ("username", "slug", "domain", "trust_domain")
+#: what HTCondor takes as an OAuth service name (``use_oauth_services``; ``_`` would start a handle)
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 #: the key file that signs each renewable kind of credential
 KEY_TRAITS = {"condor-token": "signing_key_file", "xcache-token": "macaroon_secret_file"}
 
@@ -82,6 +85,29 @@ class Facility(SingletonConfigurable):
 
     collector_host = Unicode("", config=True, help="HTCondor collector (``_CONDOR_COLLECTOR_HOST``), e.g. ``red-condor.unl.edu:9619``.")
     schedd_host = Unicode("", config=True, help="HTCondor schedd name (``_CONDOR_SCHEDD_HOST``) where workers are submitted.")
+    data_token_service = Unicode(
+        "",
+        config=True,
+        help="""Keep each user's data token (``BEARER_TOKEN_FILE``: the macaroon, or the IdP token) fresh
+        inside their running HTCondor workers through the pool's ``condor_credd``: the hub stores it as
+        the user (``condor_store_cred add-oauth -P -s <service>``) when a session starts and after every
+        renewal, and worker jobs ask for it (``use_oauth_services = <service>``), so the starter copies
+        each new token into ``$_CONDOR_CREDS/<service>.use`` of every running job within the pool's
+        ``SEC_CREDENTIAL_REFRESH``.  The pool needs a credd (``CREDD`` in its ``DAEMON_LIST``,
+        ``SEC_CREDENTIAL_DIRECTORY_OAUTH``).  Empty: off -- the token is spooled once with each worker
+        job and is not renewed in running workers, which lose data access when it expires.
+
+        Example: ``c.Facility.data_token_service = "xcache"``""",
+    )
+    credd_host = Unicode(
+        "",
+        config=True,
+        help="""The credd that keeps the data tokens (``CREDD_HOST`` of ``condor_store_cred``): its name in the
+        collector or ``host:port``, usually on the schedd's machine.  Empty: HTCondor's own default (the
+        hub's ``CONDOR_CONFIG``'s ``CREDD_HOST``, else a credd on the hub's machine).
+
+        Example: ``c.Facility.credd_host = "t3.unl.edu"``""",
+    )
     signing_key_file = Unicode(
         "",
         config=True,
@@ -216,6 +242,15 @@ class Facility(SingletonConfigurable):
             )
         return proposal["value"]
 
+    @validate("data_token_service")
+    def _validate_service(self, proposal):
+        value = proposal["value"]
+        if value and not SERVICE_NAME.fullmatch(value):
+            raise ConfigurationError(
+                f"Facility.data_token_service={value!r} is not an HTCondor OAuth service name (letters, digits and '-'; "
+                "HTCondor reads '_' as the start of a handle), e.g. \"xcache\"")
+        return value
+
     @validate("signing_key_id", "trust_domain")
     def _validate_condor_name(self, proposal):
         check = check_key_id if proposal["trait"].name == "signing_key_id" else check_trust_domain
@@ -268,6 +303,11 @@ class Facility(SingletonConfigurable):
     @property
     def issues_xcache_tokens(self) -> bool:
         return bool(self.macaroon_secret_file)
+
+    @property
+    def stores_data_tokens(self) -> bool:
+        """True when users' data tokens are kept in the pool's credd for their jobs (``data_token_service``)."""
+        return bool(self.data_token_service) and self.issues_condor_tokens
 
     def signing_key(self) -> SecretBytes:
         if self._key_file_changed("signing_key_file") or self._signing_key is None:

@@ -2,7 +2,7 @@
 the one JupyterHub serves).  Every name starts with ``casa_``; the README lists them with their labels.
 
 What the code that issues, renews and removes things calls: :func:`issued`, :func:`renewed`,
-:func:`renewal_failed`, :func:`cleanup_failed`, :func:`spawn_step` and :func:`track_session`.
+:func:`renewal_failed`, :func:`credd_store`, :func:`cleanup_failed`, :func:`spawn_step` and :func:`track_session`.
 Sessions are tracked weakly (a spawner that is gone, or no longer active, no longer counts), so
 the gauges -- soonest expiry, active routes -- are computed when scraped and survive nothing
 stale: after a hub restart the first poll of each running session tracks it again.
@@ -38,6 +38,9 @@ SOONEST_EXPIRY = Gauge(
     "casa_credential_soonest_expiry_seconds", "Seconds until the soonest expiry of any credential of any running session "
     "(+Inf when none runs); falling towards 0 means renewal is not keeping up.")
 ACTIVE_ROUTES = Gauge("casa_active_routes", "Scheduler routes (tls://<slug>.dask.<domain>) of running sessions.")
+CREDD_STORES = Counter(
+    "casa_credd_stores", "Data tokens given to the HTCondor credd for running jobs (Facility.data_token_service), by outcome "
+    "(stored, failed: retried at the next poll).", ["outcome"])
 
 #: spawner (or any session object) -> its credentials' expiry times
 _sessions: "weakref.WeakKeyDictionary[object, tuple[dt.datetime, ...]]" = weakref.WeakKeyDictionary()
@@ -65,6 +68,10 @@ def renewal_failed_at_patch(error: BaseException) -> None:
     """A renewal that failed after issuing, when the Secret was patched (issuing failures are counted where they happen)."""
     if not isinstance(error, (ConfigurationError, CredentialError)):
         RENEWAL_FAILURES.labels("secret", "kubernetes").inc()
+
+
+def credd_store(stored: bool) -> None:
+    CREDD_STORES.labels("stored" if stored else "failed").inc()
 
 
 def cleanup_failed(kind: str) -> None:

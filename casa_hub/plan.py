@@ -106,6 +106,8 @@ class SessionPlan:
 
 #: the variable naming the session; the spawner keeps the same id in its state to find the session's jobs
 SESSION_ID_ENV = "CASA_SESSION_ID"
+#: the credd service under which the hub keeps the session's data token for its HTCondor jobs
+DATA_TOKEN_SERVICE_ENV = "CASA_DATA_TOKEN_SERVICE"
 
 
 def new_session_id(slug: str) -> str:
@@ -127,6 +129,8 @@ def facility_environment(facility: Facility) -> dict[str, str]:
         env["XCACHE_HOST"] = facility.xcache_host
     if facility.xcache_https_host:
         env["XCACHE_HTTPS_HOST"] = facility.xcache_https_host
+    if facility.stores_data_tokens:
+        env[DATA_TOKEN_SERVICE_ENV] = facility.data_token_service
     return env
 
 

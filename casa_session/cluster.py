@@ -158,6 +158,10 @@ class WorkerLauncher(abc.ABC):
         return [(name, "", "launched") for name in self.running()]
 
 
+#: how often ``wait_for_workers`` asks the scheduler (a launcher reads its queue at its own, slower pace)
+WAIT_INTERVAL = 0.1
+
+
 class WorkersDidNotStart(RuntimeError):
     """``wait_for_workers`` gave up: the message says why (held jobs and their reasons, or the time bound)."""
 
@@ -330,7 +334,7 @@ class CasaCluster:
             if time.monotonic() >= deadline:
                 states = ", ".join(f"{name} {state}" for name, _, state in self.launcher.describe())
                 raise WorkersDidNotStart(f"{connected} of {n} workers connected after {timeout:g}s ({states})")
-            time.sleep(0.5)
+            time.sleep(WAIT_INTERVAL)
 
     def adapt(self, minimum: int = 0, maximum: int = 4, interval: float = 2.0, wait_count: int = 3) -> None:
         """Follow the scheduler's wish as distributed's ``Adaptive`` does, within ``[minimum, maximum]``;

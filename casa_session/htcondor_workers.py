@@ -33,7 +33,7 @@ from casa_condor.submit import attribute_equals, job_ids_constraint, string_lite
 from casa_hub.errors import ConfigurationError
 
 from .cluster import SchedulerConnection, WorkerLauncher
-from .worker_jobs import CLUSTER_ATTR, SESSION_ATTR, WorkerTarget, casa_config, worker_job
+from .worker_jobs import CLUSTER_ATTR, SESSION_ATTR, WorkerTarget, casa_config, worker_data_access, worker_job
 
 log = logging.getLogger("casa.cluster")
 
@@ -53,16 +53,32 @@ class LoopThread:
     def run(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def spawn(self, coro) -> None:
+        """Run ``coro`` on the loop without waiting for it (it must handle its own errors)."""
+        asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     @property
     def closed(self) -> bool:
         return self._loop.is_closed()
 
     def close(self) -> None:
+        """Cancel what was spawned (a tool it runs is killed), stop the loop."""
         if self._loop.is_closed():
             return
+        try:
+            self.run(_cancel_others(), 10)
+        except Exception:  # a cancellation that does not finish in time: the loop stops all the same
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+async def _cancel_others() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def token_identity(token_dir: Path) -> str:
@@ -106,11 +122,12 @@ class HTCondorWorkers(WorkerLauncher):
         except ValueError as e:
             raise ConfigurationError(f"{e}: the session's jobs could not be tagged with it") from None
         self.cluster_name = cluster_name or f"casa-{uuid.uuid4().hex[:6]}"
-        self.bearer_token_file = env.get("BEARER_TOKEN_FILE")
+        self.env = env  #: the session's environment: what the workers get to read data (worker_data_access)
         tools = CondorTools(
             submit=found["condor_submit"], remove=found["condor_rm"], query=found["condor_q"], history=found["condor_history"],
             environment={k: env[k] for k in POOL_VARIABLES if env.get(k)},
             schedd_name=env["_CONDOR_SCHEDD_HOST"], timeout=float(casa_config("condor-timeout")),
+            reschedule=shutil.which("condor_reschedule", path=path) or "",
         )
         self.schedd = UserSchedd(tools, token_identity(Path(token_dir)), Path(token_dir))
         self.min_refresh = min_refresh
@@ -137,11 +154,16 @@ class HTCondorWorkers(WorkerLauncher):
     # -- WorkerLauncher ----------------------------------------------------------
 
     def launch(self, names, connection: SchedulerConnection):
+        data = worker_data_access(self.env)
+        if data.token is not None and not data.token_is_renewed:
+            self._report("token-not-renewed", "the data token (BEARER_TOKEN_FILE) travels once with each worker job and is "
+                         "not renewed in running workers: they lose data access when it expires (the facility renews it "
+                         "inside running jobs when it sets c.Facility.data_token_service and the pool runs a credd)",
+                         remember=False)
         target = WorkerTarget(
             address=connection.address, connect_address=connection.connect_address,
             sni=connection.sni if connection.connect_host else None, ca_file=connection.ca_file,
-            worker_cert=connection.worker_cert, worker_key=connection.worker_key,
-            bearer_token_file=self.bearer_token_file,
+            worker_cert=connection.worker_cert, worker_key=connection.worker_key, data=data,
         )
         jobs = [worker_job(name, session=self.session_id, cluster=self.cluster_name, target=target) for name in names]
         results = self._loop.run(self._submit_all(jobs))
@@ -154,6 +176,9 @@ class HTCondorWorkers(WorkerLauncher):
                     self._jobs[job.name] = result
                     self._descriptions[job.name] = job.description
                     log.info("worker %s is HTCondor job %s of %s", job.name, result, self.identity)
+        submitted = [r for r in results if not isinstance(r, BaseException)]
+        if submitted:  # their match need not wait for the schedd's next update (best effort, in the background)
+            self._loop.spawn(self.schedd.reschedule_when_spooled(submitted))
         if errors:
             raise errors[0]
 

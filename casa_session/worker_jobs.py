@@ -5,13 +5,17 @@ dask-jobqueue's ``HTCondorJob`` builds the description from dask config ``jobque
 job-extra-directives ...; defaults in ``casa.yaml``), exactly as ``HTCondorCluster`` would.
 What it does not fit, casa adds as directives:
 
-- no shared filesystem: the session's CA, the worker certificate and the bearer token are
+- no shared filesystem: the session's CA, the worker certificate and the XCache's CA are
   files spooled with the job and encrypted on the way (``encrypt_input_files``); the worker
   reads them from its sandbox by relative name;
+- the data token: with the facility's credd service (``CASA_DATA_TOKEN_SERVICE``) the job asks
+  for it (``use_oauth_services``) and reads the starter's copy, refreshed while it runs; without
+  one, the token is spooled once like the certificates and is never renewed in the job
+  (:mod:`casa_condor.data_access`);
 - ``HTCondorJob`` puts the worker's command line into ``Arguments``, which every user of the
-  pool can read in the job ad: so the command holds only the public scheduler address and
-  sandbox file names, never a credential, and no ``Environment`` is set (a credential a
-  worker needs is a file; ``BEARER_TOKEN_FILE`` names the spooled one);
+  pool can read in the job ad: so the command holds only the public scheduler address, the
+  XCache's address and sandbox file names, never a credential, and no ``Environment`` is set
+  (a credential a worker needs is a file; ``BEARER_TOKEN_FILE`` names it);
 - ``log-directory`` is refused (it is a path on the notebook's disk, which the schedd cannot
   write to);
 - the job carries ``+CasaSession`` (the spawner removes a stopped session's jobs by it),
@@ -27,14 +31,16 @@ from pathlib import Path
 import dask.config
 import yaml
 
+from casa_condor.data_access import ADDRESS_VARIABLES, DataAccessError, WorkerDataAccess
 from casa_condor.submit import TRANSFER_KEYS, ad_attribute_keys, check_extra_directives, spooled_files, string_literal
 from casa_hub.errors import ConfigurationError
+from casa_hub.plan import DATA_TOKEN_SERVICE_ENV
 
 CONFIG = "jobqueue.casa"
-CA_FILE, WORKER_CERT, WORKER_KEY, BEARER_TOKEN = "ca.pem", "worker.pem", "worker-key.pem", "bearer_token"
+CA_FILE, WORKER_CERT, WORKER_KEY = "ca.pem", "worker.pem", "worker-key.pem"
 SESSION_ATTR, CLUSTER_ATTR, WORKER_ATTR, ADDRESS_ATTR = "CasaSession", "CasaCluster", "CasaWorker", "DaskSchedulerAddress"
 #: directives casa sets itself; ``job-extra-directives`` may not replace them
-RESERVED = TRANSFER_KEYS | {"output", "error", "log"} | ad_attribute_keys(
+RESERVED = TRANSFER_KEYS | {"output", "error", "log", "use_oauth_services"} | ad_attribute_keys(
     SESSION_ATTR, CLUSTER_ATTR, WORKER_ATTR, ADDRESS_ATTR, "DaskWorkerName")
 UNIVERSES = ("vanilla", "container", "docker")
 
@@ -62,7 +68,7 @@ class WorkerTarget:
     ca_file: str
     worker_cert: str
     worker_key: str
-    bearer_token_file: str | None = None
+    data: WorkerDataAccess = WorkerDataAccess()  #: what the worker needs to read through the XCache
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,21 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigurationError(f"cannot read the {what} {path}: {e.strerror}") from None
 
 
+def worker_data_access(env) -> WorkerDataAccess:
+    """What the session's workers need to read data through the XCache, from the session's environment
+    (:data:`casa_condor.data_access.WORKER_VARIABLES`, and ``CASA_DATA_TOKEN_SERVICE``): files are read now,
+    so a worker started later carries the token of that moment."""
+    addresses = {k: env[k] for k in ADDRESS_VARIABLES if env.get(k)}
+    ca_file, token_file = env.get("XCACHE_CA_FILE"), env.get("BEARER_TOKEN_FILE")
+    ca = _read(ca_file, "XCache's CA (XCACHE_CA_FILE)") if ca_file else None
+    token = _read(token_file, "data token (BEARER_TOKEN_FILE)") if token_file and os.path.exists(token_file) else None
+    service = (env.get(DATA_TOKEN_SERVICE_ENV) or "") if token is not None else ""
+    try:
+        return WorkerDataAccess(addresses=addresses, ca=ca, token=token, service=service)
+    except DataAccessError as e:
+        raise ConfigurationError(f"the session's data access cannot be given to its workers: {e}") from None
+
+
 def worker_job(name: str, *, session: str, cluster: str, target: WorkerTarget) -> WorkerJob:
     """The job of Dask worker ``name`` of ``cluster`` in ``session``, sized by dask config ``jobqueue.casa``."""
     from dask_jobqueue.htcondor import HTCondorJob  # its import pulls in dask-jobqueue's whole config
@@ -114,15 +135,14 @@ def worker_job(name: str, *, session: str, cluster: str, target: WorkerTarget) -
         args += ["--tls-key", WORKER_CERT]
     if target.sni:
         args += ["--scheduler-sni", target.sni]
-    prologue = list(casa_config("job-script-prologue") or casa_config("env-extra") or [])
-    if target.bearer_token_file and os.path.exists(target.bearer_token_file):
-        files[BEARER_TOKEN] = _read(target.bearer_token_file, "bearer token")
-        prologue.insert(0, f'export BEARER_TOKEN_FILE="$PWD/{BEARER_TOKEN}"')
+    files.update(target.data.files())
+    prologue = target.data.export_lines() + list(casa_config("job-script-prologue") or casa_config("env-extra") or [])
 
     user = casa_config("job-extra-directives") or casa_config("job-extra") or {}
     directives = check_extra_directives(user, RESERVED, f"{CONFIG}.job-extra-directives")
     directives.update(_universe_directives())
     directives.update(spooled_files(files))
+    directives.update(target.data.directives())
     directives.update({
         "transfer_executable": "false",
         "getenv": "false",

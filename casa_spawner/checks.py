@@ -85,8 +85,28 @@ def check_spawner(report: CheckReport) -> None:
         for problem in renewal_window_problems(report.facility, interval, f"{cls.__name__}.poll_interval"):
             report.problem(problem)
     _check_refresh(report)
+    _check_data_tokens(report)
     if kube is not None and issubclass(cls, kube):
         _check_route(report, cls)
+
+
+def _check_data_tokens(report: CheckReport) -> None:
+    """The credd service (``Facility.data_token_service``) needs IDTOKENs: the hub stores each token as its user."""
+    facility = report.facility
+    if facility is None or not facility.data_token_service:
+        if facility is not None and facility.schedd_host:
+            report.note("data tokens travel once with each HTCondor worker and are not renewed there "
+                        "(no Facility.data_token_service)")
+        return
+    if not facility.issues_condor_tokens:
+        report.problem(f"Facility.data_token_service={facility.data_token_service!r} needs Facility.signing_key_file: the hub "
+                       "gives the credd each user's data token with the user's own IDTOKEN")
+        return
+    from .data_token import DataTokenStore
+
+    store = DataTokenStore(config=report.config, facility=facility)
+    report.note(f"data tokens kept fresh in running workers by the credd (service {facility.data_token_service}, "
+                f"credd {facility.credd_host or 'HTCondor default'}, {store.store_command})")
 
 
 def _check_refresh(report: CheckReport) -> None:

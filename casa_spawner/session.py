@@ -21,11 +21,12 @@ from traitlets import Bool, Instance, default
 from traitlets.config import LoggingConfigurable
 
 from casa_hub.auth_state import AccessToken, access_token_from
-from casa_hub.bundle import CredentialBundle, CredentialFile
+from casa_hub.bundle import BEARER_TOKEN_PATH, CredentialBundle, CredentialFile
 from casa_hub.errors import CasaError, ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.plan import SessionPlan, plan_session
 
+from .data_token import DataTokenStore
 from .heap import freeze_soon
 from .session_jobs import SessionJobs
 
@@ -82,6 +83,8 @@ class SessionCore(LoggingConfigurable):
     session_id: str = ""
     #: the IdP token the hub handed over at spawn time (``run_auth_state_hook``)
     _hook_access_token: AccessToken | None = None
+    #: the data token the credd was last given (the bundle's file), None before the first
+    _stored_data_token: CredentialFile | None = None
 
     #: failures of a renewal that need no traceback: the message says it all
     expected_renewal_errors: tuple[type[BaseException], ...] = (CasaError, OSError, asyncio.TimeoutError)
@@ -149,7 +152,8 @@ class SessionCore(LoggingConfigurable):
         return paths
 
     async def renew_in_poll(self) -> None:
-        """``renew_credentials`` as ``poll`` calls it: a failure is logged, the next poll tries again."""
+        """``renew_credentials`` as ``poll`` calls it: a failure is logged, the next poll tries again;
+        then the credd gets the data token if it has not got the current one (``store_data_token``)."""
         try:
             await self.renew_credentials()
         except asyncio.CancelledError:
@@ -158,6 +162,20 @@ class SessionCore(LoggingConfigurable):
             self.log.error("Could not renew credentials of %s: %s", self.user.name, e)
         except Exception as e:
             self.log.error("Could not renew credentials of %s: %s\n%s", self.user.name, e, traceback.format_exc())
+        await self.store_data_token()
+
+    # -- the data token inside running HTCondor jobs ----------------------------------
+
+    async def store_data_token(self) -> None:
+        """Give the pool's credd the session's current data token, as the user, unless it has it already
+        (``casa_spawner.data_token``; ``c.Facility.data_token_service``).  Call once the credentials are
+        issued, before the notebook can submit; never raises: a credd that fails is retried at the next poll."""
+        cred = self.bundle.get(BEARER_TOKEN_PATH) if self.bundle is not None else None
+        if cred is None or not cred.content.strip() or cred is self._stored_data_token:
+            return  # none, a placeholder after a hub restart (renewal brings the real one), or stored already
+        store = DataTokenStore(parent=self, facility=self.facility)
+        if store.enabled and await store.store(self.user.name, cred.content):
+            self._stored_data_token = cred
 
     # -- the session's batch jobs --------------------------------------------------
 

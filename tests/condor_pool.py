@@ -28,6 +28,8 @@ from tests.secret_files import write_secret_file
 SHARED_HTCONDOR = SHARED / "htcondor"
 WORKER_ENV = Path(os.environ.get("CASA_TEST_WORKER_ENV", "/opt/casa-worker-env"))
 TRUST_DOMAIN = "casa.test"
+#: the tests' pool copies a stored data token into running jobs this often (SEC_CREDENTIAL_REFRESH)
+CREDENTIAL_REFRESH = 5
 
 
 def find_test_htcondor() -> HTCondorInstall:
@@ -82,6 +84,22 @@ class PoolThread:
         self.run(self.pool.start())
         return self
 
+    @property
+    def tools_dir(self) -> Path:
+        """A directory for PATH with ``condor_reschedule``, which HTCondor's packages install (the same binary as
+        ``condor_on``: the tool acts by its name) and the build in shared/htcondor lacks."""
+        directory = self.workdir / "tools"
+        if not (directory / "condor_reschedule").exists():
+            directory.mkdir(exist_ok=True)
+            found = self.install.bin / "condor_reschedule"
+            (directory / "condor_reschedule").symlink_to(found if found.exists() else self.install.bin / "condor_on")
+        return directory
+
+    @property
+    def tools_path(self) -> str:
+        """PATH for code that runs HTCondor's tools against this pool: the installation's and :attr:`tools_dir`."""
+        return os.pathsep.join([str(self.install.bin), str(self.tools_dir), os.environ.get("PATH", "")])
+
     def stop(self) -> None:
         try:
             self.run(self.pool.stop())
@@ -105,6 +123,10 @@ class PoolThread:
         directory = Path(tempfile.mkdtemp(prefix="tokens-", dir=self.workdir))
         write_secret_file(directory / "casa", (self.token(identity, lifetime, key) + "\n").encode())
         return directory
+
+    @property
+    def credd_host(self) -> str:
+        return self.pool.credd_host
 
     def session_environment(self, token_dir: Path) -> dict[str, str]:
         """What a session is given to reach this pool as the token's identity, and nothing else."""
@@ -136,8 +158,8 @@ class PoolThread:
 
 @pytest.fixture(scope="session")
 def condor_pool(tmp_path_factory):
-    """One real pool for the whole test session; tests remove the jobs they submit (and are marked ``e2e``)."""
-    pool = PoolThread(tmp_path_factory.mktemp("condor")).start()
+    """One real pool for the whole test session, with a credd; tests remove the jobs they submit (and are marked ``e2e``)."""
+    pool = PoolThread(tmp_path_factory.mktemp("condor"), credential_refresh=CREDENTIAL_REFRESH).start()
     try:
         yield pool
     finally:

@@ -66,7 +66,7 @@ def pool_backend_lines(pool: PoolThread, *, key_file: Path | None = None, **faci
 
 def pool_gateway_env(pool: PoolThread) -> dict[str, str]:
     """The gateway host's environment: HTCondor's tools on PATH, no configuration file."""
-    return {"PATH": f"{pool.install.bin}{os.pathsep}{os.environ.get('PATH', '')}", "CONDOR_CONFIG": "ONLY_ENV"}
+    return {"PATH": pool.tools_path, "CONDOR_CONFIG": "ONLY_ENV"}
 
 
 def start_gateway_hub(workdir: Path, users=("alice", "bob")) -> HubProcess:

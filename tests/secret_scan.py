@@ -31,3 +31,21 @@ def master_secret_forms(master) -> dict[str, set[bytes]]:
     for label, secret in (("signing key", master.signing_key), ("macaroon secret", master.macaroon_secret)):
         out[label] = encoded_forms(secret) | encoded_forms(base64.b64encode(secret))  # the macaroon secret's file is itself base64
     return out
+
+
+def files_under(*roots, names: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """``{path: content}`` of the files under ``roots`` (only those called one of ``names``, if given), for a
+    scan; a file that vanishes meanwhile (a job's sandbox going away) is skipped."""
+    from pathlib import Path
+
+    found = {}
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if names and path.name not in names:
+                continue
+            try:
+                if path.is_file():
+                    found[str(path)] = path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+    return found

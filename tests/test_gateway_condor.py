@@ -171,6 +171,25 @@ def test_user_schedd_submits_as_its_identity_and_only_it_can_remove(condor_pool,
     assert user == "alice@casa.test"
 
 
+def test_once_its_input_is_spooled_the_schedd_is_asked_to_advertise_the_job(condor_pool, tmp_path, alice):
+    """condor_reschedule as the user, after the spooling hold (the schedd accepts it from alice's IDTOKEN)."""
+    async def scenario():
+        plain = user_schedd(condor_pool, "alice@casa.test", alice)
+        mine = UserSchedd(CondorTools(**{**plain.tools.__dict__, "reschedule": str(condor_pool.tools_dir / "condor_reschedule")}),
+                          plain.identity, alice)
+        job_id = await mine.submit(tmp_path, write_job(tmp_path, "reschedule"))
+        try:
+            asked = await mine.reschedule_when_spooled([job_id])
+            (state,) = (await mine.query([job_id])).values()
+            without_tool = await plain.reschedule_when_spooled([job_id])
+        finally:
+            await mine.remove('CasaParserTest == "reschedule"')
+        return asked, state, without_tool
+
+    asked, state, without_tool = asyncio.run(scenario())
+    assert asked is True and not state.spooling and without_tool is False
+
+
 def test_user_schedd_history_tells_how_a_job_ended(condor_pool, tmp_path, alice):
     async def scenario():
         mine = user_schedd(condor_pool, "alice@casa.test", alice)

@@ -148,6 +148,105 @@ def test_alice_scales_to_zero_and_shuts_down_leaving_nothing_in_the_queue(condor
     assert alice.get_cluster(cluster.name).status is ClusterStatus.STOPPED
 
 
+# -- the workers read data through the XCache with the user's own token ---------------------------
+
+EVENTS = "/store/user/alice/events.root"
+DATA_TOKEN_LIFETIME = 30  # renewed by the gateway after half of it; the credd hands each renewal to the running worker
+
+
+@pytest.fixture(scope="module")
+def xcache(tmp_path_factory):
+    """The demo's XCache (an origin behind the cache, both checking macaroons) with a file in alice's area."""
+    from casa_session.htcondor_workers import LoopThread
+    from casa_spawner.demo.events import write_events
+    from casa_spawner.demo.xcache import XCacheServer, ensure_macaroon_secret
+
+    workdir = tmp_path_factory.mktemp("xcache")
+    events = write_events(workdir / "events.root", n_events=1000, seed=4)
+    server = XCacheServer(sitename="CASA_GATEWAY_TEST", secret_file=str(ensure_macaroon_secret(workdir / "macaroon-secret")),
+                          users=["alice", "bob"], files={EVENTS: events}, ca_copy=str(workdir / "xcache-ca.pem"), ready_timeout=60)
+    loop = LoopThread("xcache")
+    try:
+        loop.run(server.start(), 90)
+        yield server, events
+    finally:
+        loop.run(server.stop(), 30)
+        loop.close()
+
+
+def data_reader():
+    def read(path):
+        import hashlib
+        import os
+
+        from casa_session.xcache import XCache, XCacheError
+
+        with open(os.environ["BEARER_TOKEN_FILE"], "rb") as fh:
+            token = hashlib.sha256(fh.read().strip()).hexdigest()
+        try:
+            return {"sha256": hashlib.sha256(XCache().read(path)).hexdigest(), "token": token,
+                    "token_file": os.environ["BEARER_TOKEN_FILE"], "mode": os.stat(os.environ["BEARER_TOKEN_FILE"]).st_mode & 0o777}
+        except XCacheError as e:
+            return {"error": str(e), "token": token}
+    return read
+
+
+def one_worker_cluster(gateway, clusters: list):
+    """A new cluster of the gateway's user (kept in ``clusters`` for the clean-up) with one worker connected."""
+    cluster = gateway.new_cluster()
+    clusters.append(cluster)
+    cluster.scale(1)
+    client = cluster.get_client()
+    client.wait_for_workers(1, timeout=180)
+    return cluster, client
+
+
+def test_the_workers_read_through_the_xcache_with_the_users_token_renewed_while_they_run(condor_pool, hub, tmp_path, xcache):
+    import hashlib
+    import time
+
+    server, events = xcache
+    gw = gateway(condor_pool, hub, tmp_path, f"c.HTCondorBackend.xcache_ca_file = {server.ca_copy!r}",
+                 "c.HTCondorBackend.data_token_check_period = 2",
+                 f"c.HTCondorBackend.store_cred_command = {condor_pool.install.sbin_tool('condor_store_cred')!r}",
+                 macaroon_secret_file=server.secret_file, xcache_site=server.sitename, xcache_host=server.url,
+                 xcache_paths=["/store/user/{username}"], xcache_token_lifetime=DATA_TOKEN_LIFETIME, renew_fraction=0.5,
+                 data_token_service="xcache", credd_host=condor_pool.credd_host).start()
+    expected = hashlib.sha256(events.read_bytes()).hexdigest()
+    clusters = []
+    try:
+        with gw.client("alice") as alice, gw.client("bob") as bob:
+            cluster, client = one_worker_cluster(alice, clusters)
+            (first,) = client.run(data_reader(), EVENTS).values()
+            assert first.get("sha256") == expected, first
+            assert first["token_file"].endswith("/.condor_creds/xcache.use") and first["mode"] == 0o600
+            worker_job = [c for c, _, _, role, _ in cluster_jobs(condor_pool, cluster.name) if role == "worker"]
+
+            deadline, tokens = time.monotonic() + 1.5 * DATA_TOKEN_LIFETIME, {first["token"]}
+            while time.monotonic() < deadline:  # past the first token's life: the same worker reads on, renewed
+                (read,) = client.run(data_reader(), EVENTS).values()
+                assert read.get("sha256") == expected, read
+                tokens.add(read["token"])
+                time.sleep(3)
+            assert len(tokens) >= 2
+            assert [c for c, _, _, role, _ in cluster_jobs(condor_pool, cluster.name) if role == "worker"] == worker_job
+
+            _, bobs = one_worker_cluster(bob, clusters)
+            (refused,) = bobs.run(data_reader(), EVENTS).values()
+            assert "covers /store/user/bob/, not " + EVENTS in refused.get("error", ""), refused  # bob's token: not alice's area
+
+            ads = condor_pool.tool("condor_q", "-all", "-l").stdout.encode()
+            log = gw.log_text().encode()
+            stored = (condor_pool.pool.run_dir / "oauth_credentials" / "alice" / "xcache.use").read_bytes().strip()
+            assert not any(form in blob for blob in (ads, log) for form in encoded_forms(stored))
+            assert "Stored the data token of alice in the HTCondor credd (service xcache)" in gw.log_text()
+    finally:
+        for cluster in clusters:
+            cluster.close()
+            remove_cluster_jobs(condor_pool, cluster.name)
+        gw.stop()
+
+
 # -- a gateway restart ------------------------------------------------------------------------------
 
 

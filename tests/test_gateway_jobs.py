@@ -221,3 +221,32 @@ def test_a_job_held_while_its_files_spool_is_alive_and_other_holds_are_not():
     assert JobState("1.0", HELD, hold_reason="Spooling input data files", hold_reason_code=SPOOLING_INPUT).alive
     held = JobState("1.0", HELD, hold_reason="Error from slot1: out of memory", hold_reason_code=34)
     assert not held.alive and held.describe() == "was held by HTCondor: Error from slot1: out of memory"
+
+
+async def test_a_worker_reads_through_the_xcache_with_the_credds_copy_of_the_users_token(tmp_path):
+    from casa_condor.data_access import WorkerDataAccess
+
+    cluster = a_cluster()
+    worker = Worker(id=3, name="aaaabbbbccccddddaaaabbbbccccdddd", cluster=cluster, status=JobStatus.CREATED,
+                    target=JobStatus.RUNNING, state={})
+    data = WorkerDataAccess(addresses={"XCACHE_HOST": "root://xcache.casa.test:1094"}, ca=b"the XCache's CA\n",
+                            token=b"alice's macaroon\n", service="xcache")
+    job = backend(tmp_path).worker_job(worker, data)
+    script, description = job.files[jobs.JOB_SCRIPT].decode(), job.submit_description()
+    assert job.files["xcache-ca.pem"] == b"the XCache's CA\n" and "bearer_token" not in job.files
+    assert "use_oauth_services = xcache" in description and "xcache-ca.pem" in description
+    assert "alice's macaroon" not in script + description
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.sh").write_text(script.replace("exec ", "exec /usr/bin/env # "))
+    done = subprocess.run(["/bin/sh", "job.sh"], cwd=tmp_path / "job", capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "_CONDOR_CREDS": "/sandbox/.condor_creds"})
+    assert done.returncode == 0, done.stderr
+    assert "BEARER_TOKEN_FILE=/sandbox/.condor_creds/xcache.use\n" in done.stdout
+    assert f"XCACHE_CA_FILE={tmp_path / 'job'}/xcache-ca.pem\n" in done.stdout
+    assert "XCACHE_HOST=root://xcache.casa.test:1094\n" in done.stdout
+
+    once = backend(tmp_path).worker_job(worker, WorkerDataAccess(token=b"alice's macaroon\n"))
+    assert once.files["bearer_token"] == b"alice's macaroon\n" and "use_oauth_services" not in once.submit_description()
+    assert 'export BEARER_TOKEN_FILE="$job_dir/bearer_token"' in once.files[jobs.JOB_SCRIPT].decode()
+    with pytest.raises(ConfigurationError, match="set by the HTCondor backend"):
+        jobs.check_extra_directives({"use_oauth_services": "other"})

@@ -24,7 +24,7 @@ from casa_session.htcondor_workers import HTCondorWorkers
 from jupyterhub.utils import random_port
 from tests.condor_pool import worker_python
 from tests.gateway_process import wait_until
-from tests.htcondor_session import HTCondorSite
+from tests.htcondor_session import HTCondorSite, in_session, scaled_cluster
 from tests.secret_files import write_secret_file
 from tests.secret_scan import encoded_forms
 
@@ -55,12 +55,6 @@ def hold_jobs(pool, constraint: str, reason: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def in_session(mp: pytest.MonkeyPatch, site: HTCondorSite, **overrides: str) -> None:
-    """Alice's notebook: her session's environment (``overrides`` replace variables)."""
-    for name, value in {**site.env, **overrides}.items():
-        mp.setenv(name, value)
-
-
 @pytest.fixture
 def session(site, monkeypatch):
     in_session(monkeypatch, site)
@@ -70,18 +64,9 @@ def session(site, monkeypatch):
 
 @pytest.fixture(scope="module")
 def alice(site):
-    """Alice's ``CasaCluster()`` scaled to 2 HTCondor workers (shared by the tests in file order)."""
-    with pytest.MonkeyPatch.context() as mp, dask.config.set({**WORKER_SIZE, "jobqueue.casa.python": worker_python()}):
-        in_session(mp, site)
-        cluster = CasaCluster()
-        try:
-            cluster.scale(2)
-            cluster.wait_for_workers(2)
-            client = cluster.get_client(timeout="30s")
-            yield cluster, client
-            client.close()
-        finally:
-            cluster.close()
+    """Alice's ``CasaCluster()`` with 2 HTCondor workers (shared by the tests in file order)."""
+    with scaled_cluster(site, 2, {**WORKER_SIZE, "jobqueue.casa.python": worker_python()}) as (cluster, client):
+        yield cluster, client
 
 
 def test_casa_cluster_scales_to_two_htcondor_workers_of_alice_that_compute_through_traefik(site, alice):

@@ -47,6 +47,31 @@ def test_an_ipv6_address_is_bracketed_in_urls(tmp_path, monkeypatch):
     assert cfg.CasaOAuthenticator.oauth_callback_url == "http://[::1]:8123/hub/oauth_callback"
 
 
+def test_with_the_pool_and_the_xcache_every_session_setting_survives(tmp_path, monkeypatch):
+    """The XCache's CA, the casa page's Jupyter config and the pool's settings all reach the notebook's
+    environment (a CasaLocalSpawner.environment of its own once replaced Spawner.environment's)."""
+    import casa_session.page
+    from jupyterhub.objects import Hub
+
+    from casa_spawner.local import CasaLocalSpawner
+    from tests.fake_hub import FakeUser
+
+    cfg = load(Path(casa_spawner.LOCAL_HUB_CONFIG), {
+        "CASA_LOCAL_STATE_DIR": str(tmp_path), "CASA_LOCAL_MACAROON_SECRET_FILE": str(tmp_path / "secret"),
+        "CASA_LOCAL_XCACHE_HOST": "https://localhost:1094", "CASA_LOCAL_XCACHE_CA_FILE": str(tmp_path / "xcache-ca.pem"),
+        "CASA_LOCAL_CONDOR_SCHEDD": "casa@127.0.0.1", "CASA_LOCAL_CONDOR_COLLECTOR": "127.0.0.1:9618",
+        "CASA_LOCAL_CONDOR_SIGNING_KEY_FILE": str(tmp_path / "key"), "CASA_LOCAL_WORKER_PYTHON": "/opt/worker/bin/python",
+        "CASA_LOCAL_CONDOR_CREDD": "127.0.0.1:9620", "CASA_LOCAL_CONDOR_SBIN": "/opt/condor/sbin",
+    }, monkeypatch)
+    spawner = CasaLocalSpawner(user=FakeUser("alice"), hub=Hub(), config=cfg)
+    assert spawner.environment == {
+        "JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR, "XCACHE_CA_FILE": str(tmp_path / "xcache-ca.pem"),
+        "CONDOR_CONFIG": "ONLY_ENV", "DASK_JOBQUEUE__CASA__PYTHON": "/opt/worker/bin/python",
+    }
+    assert cfg.Facility.data_token_service == "xcache" and cfg.Facility.credd_host == "127.0.0.1:9620"
+    assert cfg.DataTokenStore.store_command == "/opt/condor/sbin/condor_store_cred"
+
+
 def test_the_xcache_addresses_the_demo_gives_are_read_by_both_protocols(tmp_path, monkeypatch):
     from casa_hub.facility import Facility
     from casa_hub.plan import facility_environment

@@ -94,7 +94,7 @@ async def test_a_schedd_that_is_down_is_one_warning_line(make_facility, caplog):
     assert len(warnings) == 1
     line = warnings[0].getMessage()
     assert f"Could not remove the HTCondor jobs of session {session} of alice" in line and "\n" not in line
-    assert not list(Path(jobs_tmp()).glob("casa-session-jobs-*"))  # the token went with the call
+    assert not list(Path(jobs_tmp()).glob("casa-as-user-*"))  # the token went with the call
 
 
 def jobs_tmp() -> str:
@@ -215,7 +215,7 @@ async def test_local_spawner_stop_removes_the_sessions_jobs_as_its_user(condor_p
         ((user,),) = condor_pool.queue(f"ClusterId == {other_session.split('.')[0]}", "User")
         assert user == f"alice@{TRUST_DOMAIN}"
         assert f"Removed the HTCondor jobs of session {session} as alice@{TRUST_DOMAIN}" in caplog.text
-        assert not list(Path(jobs_tmp()).glob("casa-session-jobs-*"))
+        assert not list(Path(jobs_tmp()).glob("casa-as-user-*"))
     finally:
         await spawner.stop(now=True)
         await jobs.clean_up()
@@ -244,35 +244,22 @@ async def test_kube_spawner_stop_removes_the_sessions_jobs_as_its_user(condor_po
         await jobs.clean_up()
 
 
-RECORDING_RM = """#!{python}
-import json, os, sys
-tokens = os.environ.get("_CONDOR_SEC_TOKEN_DIRECTORY", "")
-files = {{n: open(os.path.join(tokens, n)).read() for n in os.listdir(tokens)}} if tokens else {{}}
-modes = {{n: oct(os.stat(os.path.join(tokens, n)).st_mode & 0o777) for n in files}}
-json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "tokens": files, "modes": modes,
-           "dir_mode": oct(os.stat(tokens).st_mode & 0o777) if tokens else ""}}, open({record!r}, "w"))
-print("All jobs matching constraint have been marked for removal")
-"""
-
-
 async def test_condor_rm_gets_one_short_lived_token_of_the_user_and_nothing_of_the_hub(
         make_facility, master_secrets, tmp_path, monkeypatch):
     import json
 
     import jwt
 
+    from tests.recording_tool import recording_tool, what_it_saw
     from tests.secret_scan import encoded_forms
 
-    record = tmp_path / "record.json"
-    rm = tmp_path / "condor_rm"
-    rm.write_text(RECORDING_RM.format(python=sys.executable, record=str(record)))
-    rm.chmod(0o755)
+    rm, record = recording_tool(tmp_path, "condor_rm", "All jobs matching constraint have been marked for removal")
     monkeypatch.setenv("CASA_HUB_ONLY", "not for condor_rm")
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)  # the hub has none (importing htcondor2 sets /dev/null)
     facility = make_facility(schedd_host="casa@127.0.0.1", collector_host="127.0.0.1:9618")
     session = new_session_id("alice")
-    assert await SessionJobs(facility=facility, remove_command=str(rm)).remove("alice", session) is True
-    seen = json.loads(record.read_text())
+    assert await SessionJobs(facility=facility, remove_command=rm).remove("alice", session) is True
+    seen = what_it_saw(record)
     assert seen["argv"] == ["-constraint", f'CasaSession == "{session}"']
     env = seen["env"]
     assert "CASA_HUB_ONLY" not in env  # nothing of the hub's environment but PATH

@@ -14,23 +14,25 @@ from casa_hub.condor_token import make_idtoken
 from casa_hub.errors import ConfigurationError
 from casa_session.cluster import LocalProcessWorkers, pick_launcher
 from casa_session.htcondor_workers import HTCondorWorkers, token_identity
-from casa_session.worker_jobs import WorkerTarget, worker_job
+from casa_session.worker_jobs import WorkerTarget, worker_data_access, worker_job
 from tests.secret_files import write_secret_file
 
 CA, CERT, KEY, BEARER = b"-----CA secret-ish-----\n", b"CERT+KEY of the worker\n", b"a separate worker key\n", b"bearer-xyz"
+XCACHE_CA = b"-----BEGIN CERTIFICATE----- the XCache's CA\n"
 
 
 @pytest.fixture
 def target(tmp_path):
-    for name, data in (("ca.pem", CA), ("worker.pem", CERT), ("key.pem", KEY), ("bearer", BEARER)):
+    for name, data in (("ca.pem", CA), ("worker.pem", CERT), ("key.pem", KEY), ("bearer", BEARER), ("xcache-ca", XCACHE_CA)):
         write_secret_file(tmp_path / name, data)
 
-    def make(sni: str | None = "alice.dask.casa.test", key: str | None = None, bearer: bool = True) -> WorkerTarget:
+    def make(sni: str | None = "alice.dask.casa.test", key: str | None = None, bearer: bool = True, **data_env) -> WorkerTarget:
+        env = {"BEARER_TOKEN_FILE": str(tmp_path / "bearer")} if bearer else {}
         return WorkerTarget(
             address="tls://alice.dask.casa.test:8786",
             connect_address="tls://127.0.0.1:8786" if sni else "tls://alice.dask.casa.test:8786",
             sni=sni, ca_file=str(tmp_path / "ca.pem"), worker_cert=str(tmp_path / "worker.pem"),
-            worker_key=str(tmp_path / (key or "worker.pem")), bearer_token_file=str(tmp_path / "bearer") if bearer else None,
+            worker_key=str(tmp_path / (key or "worker.pem")), data=worker_data_access({**env, **data_env}),
         )
 
     return make
@@ -82,6 +84,36 @@ def test_without_a_bearer_token_or_separate_key_only_ca_and_certificate_travel(t
     assert "--tls-key worker.pem" in job.description and "BEARER_TOKEN_FILE" not in job.description
 
 
+def test_the_xcache_address_and_ca_reach_the_worker_and_the_token_is_the_credds_copy(target, tmp_path):
+    job = build(target(XCACHE_HOST="root://xcache.casa.test:1094", XCACHE_HTTPS_HOST="https://xcache.casa.test:1094",
+                       XCACHE_CA_FILE=str(tmp_path / "xcache-ca"), CASA_DATA_TOKEN_SERVICE="xcache"))
+    assert job.files["xcache-ca.pem"] == XCACHE_CA and "bearer_token" not in job.files  # the credd hands the token out
+    sub = parsed(job)
+    assert sub["use_oauth_services"] == "xcache"
+    assert "xcache-ca.pem" in sub["encrypt_input_files"]
+    args = sub["arguments"]
+    assert "export XCACHE_HOST=root://xcache.casa.test:1094" in args and "export XCACHE_HTTPS_HOST=https://xcache.casa.test:1094" in args
+    assert 'export XCACHE_CA_FILE=""$PWD/xcache-ca.pem""' in args
+    assert 'export BEARER_TOKEN_FILE=""$_CONDOR_CREDS/xcache.use""' in args
+    assert BEARER.decode() not in job.description
+
+
+def test_without_a_credd_service_the_token_travels_once_with_the_job(target):
+    job = build(target(CASA_DATA_TOKEN_SERVICE=""))
+    assert job.files["bearer_token"] == BEARER and "use_oauth_services" not in parsed(job)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"XCACHE_HOST": "root://x:1094; rm -rf ~"}, "is not an XCache address"),
+    ({"XCACHE_HOST": "http://x:1094"}, "is not an XCache address"),
+    ({"CASA_DATA_TOKEN_SERVICE": "x cache"}, "not an HTCondor OAuth service name"),
+    ({"XCACHE_CA_FILE": "/nonexistent/ca.pem"}, r"cannot read the XCache's CA \(XCACHE_CA_FILE\)"),
+])
+def test_data_access_that_cannot_reach_a_worker_is_a_clear_error(target, env, message):
+    with pytest.raises(ConfigurationError, match=message):
+        target(**env)
+
+
 def test_the_job_names_its_session_cluster_worker_and_scheduler(target):
     sub = parsed(build(target()))
     assert sub["my.casasession"] == '"s-1"' and sub["my.casacluster"] == '"casa-ab12"'
@@ -106,7 +138,7 @@ def test_more_processes_per_job_need_a_resolvable_name(target):
 
 @pytest.mark.parametrize("key", ["executable", "Arguments", "transfer_input_files", "encrypt_input_files", "environment",
                                  "getenv", "+CasaSession", "MY.CasaSession", "+DaskSchedulerAddress", "output", "universe",
-                                 "container_image", "queue"])
+                                 "container_image", "queue", "use_oauth_services"])
 def test_extra_directives_cannot_replace_what_casa_sets(target, key):
     with pytest.raises(ConfigurationError, match="set by casa itself"):
         build(target(), **{"job-extra-directives": {key: "x"}})
@@ -230,3 +262,10 @@ def test_the_identity_shown_is_the_tokens_subject(condor_env, tmp_path):
 
     assert token_identity(Path(condor_env["_CONDOR_SEC_TOKEN_DIRECTORY"])) == "alice@casa.test"
     assert token_identity(tmp_path) == "the session's HTCondor identity"
+
+
+def test_workers_get_exactly_the_variables_casa_session_xcache_reads():
+    from casa_condor import data_access
+    from casa_session import xcache
+
+    assert data_access.WORKER_VARIABLES == xcache.WORKER_VARIABLES

@@ -29,6 +29,9 @@ from .condor import CondorPool, HTCondorInstall
 
 #: the demo pool's TRUST_DOMAIN: the IDTOKENs' ``iss`` and the identities' ``@...`` (``alice@casa.demo``)
 DEMO_TRUST_DOMAIN = "casa.demo"
+#: seconds between two copies of a session's stored data token into its running workers (the pool's
+#: SEC_CREDENTIAL_REFRESH; HTCondor's default is 300): a minute, against the demo's 12-hour macaroons
+DEMO_CREDENTIAL_REFRESH = 60
 KEY_BYTES = 32
 CHECK_TIMEOUT = 60.0
 
@@ -117,6 +120,7 @@ class DemoBatch:
     logs_dir: Path
     worker_python: str = ""  #: empty: the demo's own Python, if the slot user can run it
     ready_timeout: float = 60.0
+    credential_refresh: int = DEMO_CREDENTIAL_REFRESH  #: the credd's copies into running jobs, every this many seconds
     pool: CondorPool | None = None
     problem: str = ""  #: why workers cannot run (the banner says it), "" when they can
     _python: str = field(default="", repr=False)
@@ -135,7 +139,8 @@ class DemoBatch:
         self._python, self.problem = python, problem
         await asyncio.to_thread(write_pool_key, self.key_file)
         self.pool = CondorPool(self.install, self.key_file, trust_domain=DEMO_TRUST_DOMAIN,
-                               log_copy_dir=self.logs_dir / "condor", ready_timeout=self.ready_timeout)
+                               log_copy_dir=self.logs_dir / "condor", ready_timeout=self.ready_timeout,
+                               credential_refresh=self.credential_refresh)
         await self.pool.start()
 
     async def stop(self) -> None:
@@ -159,6 +164,8 @@ class DemoBatch:
             "CASA_LOCAL_CONDOR_COLLECTOR": pool.collector_host,
             "CASA_LOCAL_CONDOR_SCHEDD": pool.schedd_name,
             "CASA_LOCAL_CONDOR_BIN": str(self.install.bin),
+            "CASA_LOCAL_CONDOR_SBIN": str(self.install.sbin),
+            "CASA_LOCAL_CONDOR_CREDD": pool.credd_host,
             "CASA_LOCAL_WORKER_PYTHON": self._python,
         }
 
@@ -168,7 +175,8 @@ class DemoBatch:
         lines = [
             f"  Workers:  HTCondor jobs on this machine's pool (schedd {pool.schedd_name}, collector {pool.collector_host}),",
             f"            each submitted with the session's own IDTOKEN (<user>@{DEMO_TRUST_DOMAIN}); they run as {who}",
-            f"            with {self._python}; in a notebook:",
+            f"            with {self._python}; the pool's credd copies each renewed data token into running",
+            f"            workers every {self.credential_refresh}s; in a notebook:",
             "            from casa_session.cluster import CasaCluster; cluster = CasaCluster(); cluster.scale(2)",
         ]
         if self.problem:

@@ -46,7 +46,7 @@ from casa_hub.names import user_names, validate_domain
 
 
 from ..processes import ChildProcess, ProcessStartError, port_is_free
-from .batch import DemoBatch
+from .batch import DEMO_CREDENTIAL_REFRESH, DemoBatch
 from .condor import HTCondorInstall
 from .traefik import PortInUseError, TraefikProcess, traefik_binary
 from .events import EVENTS_NAME, write_events
@@ -90,6 +90,7 @@ class DemoSettings:
     htcondor: bool = True  #: start a pool when HTCondor is found (``--no-htcondor``: never)
     htcondor_dir: Path | None = None  #: ``--htcondor DIR`` (bin/, sbin/); None: look on PATH
     worker_python: str = ""  #: ``--worker-python``; empty: the demo's own Python if the slot user can run it
+    credential_refresh: int = DEMO_CREDENTIAL_REFRESH  #: ``--credential-refresh``: the pool's SEC_CREDENTIAL_REFRESH
 
     @property
     def public_url(self) -> str:
@@ -318,7 +319,7 @@ class Demo:
                      "(install HTCondor, or pass --htcondor DIR with its bin/ and sbin/).")
             return
         self.batch = DemoBatch(install, s.condor_key_file, s.logs_dir, worker_python=s.worker_python,
-                               ready_timeout=min(60.0, s.start_timeout))
+                               ready_timeout=min(60.0, s.start_timeout), credential_refresh=s.credential_refresh)
         try:
             await self.batch.start()
         except BaseException:
@@ -479,6 +480,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _seconds(text: str) -> int:
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second: {seconds}")
+    return seconds
+
+
 def settings_from_args(args) -> DemoSettings:
     if bool(args.oidc_issuer) != bool(args.oidc_client_id):
         raise ConfigurationError("give both --oidc-issuer and --oidc-client-id, or neither (demo users)")
@@ -503,6 +514,7 @@ def settings_from_args(args) -> DemoSettings:
         htcondor=not args.no_htcondor,
         htcondor_dir=_htcondor_dir(args.htcondor),
         worker_python=_worker_python(args.worker_python),
+        credential_refresh=args.credential_refresh,
     )
 
 
@@ -573,6 +585,9 @@ def register(subparsers) -> None:
                         "nobody when the demo runs as root (it cannot read /root), else your own user. Default: the demo's own "
                         "Python, else python3 on PATH, whichever that user can run with distributed (checked; the banner warns "
                         "when neither can)")
+    p.add_argument("--credential-refresh", type=_seconds, default=DEMO_CREDENTIAL_REFRESH, metavar="SECONDS",
+                   help="how often the pool copies each session's renewed data token into its running workers "
+                        f"(SEC_CREDENTIAL_REFRESH of the pool's credd; default {DEMO_CREDENTIAL_REFRESH})")
     p.add_argument("--config", default=str(CONFIG_FILE), help="JupyterHub configuration (default: the packaged casa_spawner/local/jupyterhub_config.py)")
     p.add_argument("--start-timeout", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the hub (default 120)")
     p.add_argument("--oidc-issuer", metavar="URL", help="log in with this OpenID Connect provider instead of the demo users")

@@ -1,4 +1,4 @@
-"""A one-machine HTCondor pool (collector, negotiator, schedd, startd) for ``casa demo`` and the tests.
+"""A one-machine HTCondor pool (collector, negotiator, schedd, startd, credd) for ``casa demo`` and the tests.
 
 HTCondor is found like on a site: ``condor_master`` on PATH (or in ``<dir>/sbin`` when a
 directory is given), the tools beside it in ``bin``.  :func:`pool_config` is the pure builder
@@ -10,6 +10,11 @@ token identity (``alice@<trust domain>``) may submit, and every job runs as ``no
 Everything the daemons read lives in a private run directory owned by that account (a
 state directory under ``/root`` is not traversable by it) and is deleted on stop, the
 copy of the signing key with it.  The pool listens on 127.0.0.1 only.
+
+With ``credential_refresh`` set, the pool also runs a ``condor_credd`` on a fixed port
+(:attr:`CondorPool.credd_host`): users store their data token there (``condor_store_cred
+add-oauth``, authenticated by their own IDTOKEN), and the starter copies it into every job that
+asks for it (``use_oauth_services``), refreshing the copy every ``credential_refresh`` seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from casa_hub.secrets import read_secret_file
 
 from ..processes import ChildProcess, ProcessStartError
 
-LOCAL_SUBDIRS = ("log", "spool", "execute", "lock", "run", "passwords.d", "tokens.d")
+LOCAL_SUBDIRS = ("log", "spool", "execute", "lock", "run", "passwords.d", "tokens.d", "oauth_credentials")
 TOOL_TIMEOUT = 20.0
 
 
@@ -69,10 +74,34 @@ class HTCondorInstall:
     def tool(self, name: str) -> str:
         return str(self.bin / name)
 
+    def sbin_tool(self, name: str) -> str:
+        """A tool packages put beside the daemons, e.g. ``condor_store_cred``."""
+        return str(self.sbin / name)
+
+
+def credd_config(port: int, refresh: int) -> str:
+    """The credd's part of :func:`pool_config`: users' OAuth tokens, copied into jobs every ``refresh`` seconds."""
+    if not (0 < int(port) < 65536 and int(refresh) > 0):
+        raise ValueError(f"credd port {port} and credential refresh {refresh}s must be positive")
+    return f"""\
+# the credd keeps each user's data token (condor_store_cred add-oauth -P -s <service>); the starter
+# copies it into the jobs that ask for it (use_oauth_services) as $_CONDOR_CREDS/<service>.use, 0600,
+# and copies it again every SEC_CREDENTIAL_REFRESH seconds while they run
+DAEMON_LIST = $(DAEMON_LIST), CREDD
+SEC_CREDENTIAL_DIRECTORY_OAUTH = $(LOCAL_DIR)/oauth_credentials
+SEC_CREDENTIAL_REFRESH = {int(refresh)}
+# a fixed port: the schedd advertises the credd's address (CredDIpAddr) to condor_submit, and
+# a credd restarted on another port would leave that address stale until the schedd's next reconfig
+CREDD_ARGS = -p {int(port)}
+CREDD_HOST = 127.0.0.1:{int(port)}
+"""
+
 
 def pool_config(*, local_dir: str, install: HTCondorInstall, port: int, trust_domain: str, daemon_user: str,
-                daemon_ids: tuple[int, int], num_cpus: int = 4) -> str:
-    """The pool's whole configuration (``CONDOR_CONFIG``): loopback, IDTOKENS and FS, fast cycles."""
+                daemon_ids: tuple[int, int], num_cpus: int = 4, credd_port: int = 0, credential_refresh: int = 0,
+                extra_config: str = "") -> str:
+    """The pool's whole configuration (``CONDOR_CONFIG``): loopback, IDTOKENS and FS, fast cycles;
+    with ``credd_port`` and ``credential_refresh``, a credd (:func:`credd_config`); ``extra_config`` last."""
     check_trust_domain(trust_domain)
     libexec = install.release_dir / "libexec"
     if (libexec / "condor").is_dir():  # Debian and RPM packages: /usr/libexec/condor
@@ -137,7 +166,7 @@ ENABLE_URL_TRANSFERS = False
 JAVA =
 SINGULARITY = /bin/false
 HIBERNATE_CHECK_INTERVAL = 0
-"""
+""" + (credd_config(credd_port, credential_refresh) if credd_port else "") + extra_config
 
 
 class CondorPool:
@@ -158,6 +187,8 @@ class CondorPool:
         run_as: str = "nobody",
         log_copy_dir: str | os.PathLike | None = None,
         ready_timeout: float = 60.0,
+        credential_refresh: int = 0,
+        extra_config: str = "",
     ):
         self.install = install
         self.signing_key_file = str(signing_key_file)
@@ -167,6 +198,9 @@ class CondorPool:
         self.run_as = run_as  #: the daemons' account when started as root; otherwise they run as the caller
         self.log_copy_dir = Path(log_copy_dir) if log_copy_dir else None
         self.ready_timeout = ready_timeout
+        self.credential_refresh = credential_refresh  #: seconds between copies of a stored token into jobs; 0: no credd
+        self.credd_port = 0
+        self.extra_config = extra_config  #: configuration lines appended last, e.g. ``"ALL_DEBUG = D_SUB_SECOND\n"``
         self.run_dir: Path | None = None
         self.schedd_name = ""
         self.master: ChildProcess | None = None
@@ -176,6 +210,11 @@ class CondorPool:
     @property
     def collector_host(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def credd_host(self) -> str:
+        """The credd's address (``CREDD_HOST`` of the tools that store tokens), "" without one."""
+        return f"127.0.0.1:{self.credd_port}" if self.credd_port else ""
 
     @property
     def config_file(self) -> Path:
@@ -218,10 +257,14 @@ class CondorPool:
             fh.write(key)
         if not self.port:
             self.port = random_port()
+        if self.credential_refresh and not self.credd_port:
+            self.credd_port = random_port()
         (run_dir / "condor_config").write_text(
             pool_config(local_dir=str(run_dir), install=self.install, port=self.port,
                         trust_domain=self.trust_domain, daemon_user=owner.pw_name,
-                        daemon_ids=(owner.pw_uid, owner.pw_gid), num_cpus=self.num_cpus)
+                        daemon_ids=(owner.pw_uid, owner.pw_gid), num_cpus=self.num_cpus,
+                        credd_port=self.credd_port, credential_refresh=self.credential_refresh,
+                        extra_config=self.extra_config)
         )
         if as_root:
             for path in [run_dir, *run_dir.rglob("*")]:
@@ -243,7 +286,7 @@ class CondorPool:
             )
             await self.master.start()
             await self.master.wait_ready(self._daemons_advertised, self.ready_timeout, interval=0.5,
-                                         what="ready (schedd and startd in the collector)")
+                                         what="ready (schedd and startd in the collector" + (", credd" if self.credd_port else "") + ")")
         except ProcessStartError as e:
             logs = await asyncio.to_thread(self._daemon_log_tails)
             await self.stop()
@@ -263,8 +306,23 @@ class CondorPool:
         code, slots = await self.run_tool("condor_status", "-startd", "-af", "Name", timeout=5)
         if code != 0 or not slots.split():
             return False
+        if self.credd_port and not await self._schedd_knows_the_credd():
+            return False
         self.schedd_name = names[0]
         return True
+
+    async def _schedd_knows_the_credd(self) -> bool:
+        """True once the schedd advertises the credd (``CredDIpAddr``: where condor_submit checks a job's
+        tokens).  The schedd looks for a local credd only when it starts or is reconfigured, so a schedd
+        that came up before the credd is told to look again."""
+        code, out = await self.run_tool("condor_status", "-any", "-constraint", 'MyType == "CredD"', "-af", "MyAddress", timeout=5)
+        if code != 0 or f"127.0.0.1:{self.credd_port}" not in out:
+            return False  # the credd is not up yet
+        code, out = await self.run_tool("condor_status", "-schedd", "-af", "CredDIpAddr", timeout=5)
+        if code == 0 and f"127.0.0.1:{self.credd_port}" in out:
+            return True
+        await self.run_tool("condor_reconfig", "-daemon", "schedd", timeout=5)
+        return False
 
     def _daemon_log_tails(self, lines: int = 10) -> str:
         if self.run_dir is None:

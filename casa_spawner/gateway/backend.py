@@ -6,6 +6,10 @@ the user an IDTOKEN from casa_hub's ``Facility`` (``c.Facility.*`` in the gatewa
 submits with ``condor_submit -spool`` so the cluster's TLS credentials travel with the job,
 encrypted.  A job that left the queue counts as finished; a held job is removed and its cluster
 or worker fails with the hold reason, which reaches the user waiting in ``Gateway.new_cluster()``.
+
+Workers read data through the XCache with the user's own data token, issued by the gateway
+(:mod:`.data_tokens`) and kept fresh in running workers by the pool's credd when the facility
+names a service (``c.Facility.data_token_service``).
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import timestamp
 from traitlets import Dict, Float, Instance, Int, List, Unicode, default, validate
 
+from casa_condor.data_access import WorkerDataAccess
 from casa_condor.output import IDLE, RUNNING, CondorError, CondorOutputError, one_line, parse_submit_output
 from casa_condor.schedd import CondorTools, UserSchedd
 from casa_hub.errors import ConfigurationError
 from casa_hub.facility import Facility
 from casa_hub.files import private_temp_dir
 
+from ..condor_user import tool_on_path
 from . import jobs
+from .data_tokens import UserDataTokens
 from .identity import UserTokens
 from .options import RESERVED_ENV_PREFIXES, check_user_environment, cluster_options
 
@@ -138,6 +145,43 @@ class HTCondorBackend(JobQueueBackend):
     def _default_history_command(self):
         return shutil.which("condor_history") or "condor_history"
 
+    reschedule_command = Unicode(
+        config=True,
+        help="""The path to ``condor_reschedule`` (asks the schedd to advertise a job once its spooled input has
+        arrived, so its match need not wait for the schedd's next update).  Empty: not used.""",
+    )
+
+    @default("reschedule_command")
+    def _default_reschedule_command(self):
+        return shutil.which("condor_reschedule") or ""
+
+    store_cred_command = Unicode(
+        config=True,
+        help="""The path to ``condor_store_cred`` (gives the credd the users' data tokens; ``/usr/sbin`` in
+        HTCondor's packages).  Only used with ``c.Facility.data_token_service``.""",
+    )
+
+    @default("store_cred_command")
+    def _default_store_cred_command(self):
+        return tool_on_path("condor_store_cred")
+
+    xcache_ca_file = Unicode(
+        "",
+        config=True,
+        help="""A PEM file of the CA that verifies the XCache (``c.Facility.xcache_host``), sent with every
+        worker job (public, not secret) and given to it as ``XCACHE_CA_FILE``.  Empty: the workers' own
+        CAs (a site XCache's grid certificate is trusted by the worker image).
+
+        Example: ``c.HTCondorBackend.xcache_ca_file = "/etc/grid-security/certificates/xcache-ca.pem"``""",
+    )
+    data_token_check_period = Float(
+        60.0,
+        config=True,
+        help="""Seconds between two renewals checks of the data tokens of users with running clusters: a
+        token past ``c.Facility.renew_fraction`` of its life is re-issued and given to the credd, which
+        hands it to the running workers.  Keep it well below the token's remaining life after renewal.""",
+    )
+
     condor_config = Unicode(
         config=True,
         help="""``CONDOR_CONFIG`` for HTCondor's tools.  Default: the gateway's own ``CONDOR_CONFIG``
@@ -207,13 +251,33 @@ class HTCondorBackend(JobQueueBackend):
             )
         await asyncio.to_thread(self.facility.load_secrets)
         self.tokens = UserTokens(self.facility, self.token_directory or None)
+        self.data_tokens = UserDataTokens(self.facility, self.log)
+        self.xcache_ca = await asyncio.to_thread(self._read_xcache_ca)
         self.tools = self.condor_tools()
         self.task_pool.spawn(self._check_restored_clusters())
+        if not self.data_tokens.enabled:
+            self.log.info("Workers get no data token: the gateway has no c.Facility.macaroon_secret_file to issue one")
+        elif self.data_tokens.renewed_in_jobs:
+            self.task_pool.spawn(self._renew_data_tokens())
+        else:
+            self.log.warning("The users' data tokens travel once with each worker job and are not renewed in running "
+                             "workers (set c.Facility.data_token_service, with a credd in the pool, to renew them)")
+
+    def _read_xcache_ca(self) -> bytes | None:
+        if not self.xcache_ca_file:
+            return None
+        try:
+            with open(self.xcache_ca_file, "rb") as fh:
+                return fh.read()
+        except OSError as e:
+            raise ConfigurationError(f"c.HTCondorBackend.xcache_ca_file {self.xcache_ca_file}: {e.strerror}") from None
 
     async def do_cleanup(self):
         tokens = getattr(self, "tokens", None)
         if tokens is not None:
             await tokens.close()
+        if getattr(self, "data_tokens", None) is not None:
+            self.data_tokens.forget()
 
     def condor_tools(self) -> CondorTools:
         env = {"_CONDOR_TRUST_DOMAIN": self.facility.trust_domain}
@@ -223,9 +287,11 @@ class HTCondorBackend(JobQueueBackend):
             env["_CONDOR_COLLECTOR_HOST"] = self.facility.collector_host
         if self.facility.schedd_host:
             env["_CONDOR_SCHEDD_HOST"] = self.facility.schedd_host
+        if self.facility.credd_host:
+            env["_CONDOR_CREDD_HOST"] = self.facility.credd_host
         return CondorTools(submit=self.submit_command, remove=self.cancel_command, query=self.status_command,
                            history=self.history_command, environment=env, schedd_name=self.facility.schedd_host,
-                           timeout=self.condor_timeout)
+                           timeout=self.condor_timeout, store_cred=self.store_cred_command, reschedule=self.reschedule_command)
 
     async def schedd_for(self, username: str) -> UserSchedd:
         """The schedd as ``username``'s own HTCondor identity."""
@@ -254,28 +320,54 @@ class HTCondorBackend(JobQueueBackend):
             command += ["--host", self.default_host]
         return command
 
-    def _job(self, cluster, role: str, worker=None) -> jobs.GatewayJob:
+    def _job(self, cluster, role: str, worker=None, data: WorkerDataAccess | None = None) -> jobs.GatewayJob:
         config = cluster.config
         tls = {jobs.TLS_CERT: cluster.tls_cert, jobs.TLS_KEY: cluster.tls_key}
+        data = data or WorkerDataAccess()
         if role == jobs.SCHEDULER:
             command, env, setup = self.get_scheduler_command(cluster), self.get_scheduler_env(cluster), config.scheduler_setup
             files = {**tls, jobs.API_TOKEN: cluster.token.encode()}
             cores, memory = config.scheduler_cores, config.scheduler_memory
         else:
             command, env, setup = self.get_worker_command(cluster, worker.name), self.get_worker_env(cluster), config.worker_setup
-            files, cores, memory = dict(tls), config.worker_cores, config.worker_memory
-        files[jobs.JOB_SCRIPT] = jobs.job_script(command, env, setup).encode()
+            files, cores, memory = {**tls, **data.files()}, config.worker_cores, config.worker_memory
+        files[jobs.JOB_SCRIPT] = jobs.job_script(command, env, setup, exports=data.export_lines("$job_dir")).encode()
         return jobs.GatewayJob(
             cluster_name=cluster.name, role=role, worker_name=worker.name if worker else "", cores=cores,
             memory=memory, files=files, image=config.get("image", ""),
-            extra_directives=config.get("job_extra_directives") or {},
+            extra_directives=config.get("job_extra_directives") or {}, backend_directives=data.directives(),
         )
 
     def scheduler_job(self, cluster) -> jobs.GatewayJob:
         return self._job(cluster, jobs.SCHEDULER)
 
-    def worker_job(self, worker) -> jobs.GatewayJob:
-        return self._job(worker.cluster, jobs.WORKER, worker)
+    def worker_job(self, worker, data: WorkerDataAccess | None = None) -> jobs.GatewayJob:
+        """A worker's job; ``data``: what it needs to read through the XCache (:meth:`worker_data`)."""
+        return self._job(worker.cluster, jobs.WORKER, worker, data)
+
+    async def worker_data(self, username: str) -> WorkerDataAccess:
+        """The XCache's address and CA, and the user's data token: in the credd (given to it now, as the
+        user, if it has not got the current one) or, without a credd service, travelling with the job."""
+        addresses = {name: value for name, value in (("XCACHE_HOST", self.facility.xcache_host),
+                                                     ("XCACHE_HTTPS_HOST", self.facility.xcache_https_host)) if value}
+        token = await self.data_tokens.current(username)
+        if token is not None and self.data_tokens.renewed_in_jobs:
+            await self.data_tokens.store(username, await self.schedd_for(username))  # condor_submit says if it failed
+        return WorkerDataAccess(addresses=addresses, ca=self.xcache_ca, token=token.content if token else None,
+                                service=self.facility.data_token_service if self.data_tokens.renewed_in_jobs else "")
+
+    async def _renew_data_tokens(self) -> None:
+        """Every ``data_token_check_period``: the data tokens of users with clusters, renewed when due and given
+        to the credd, which hands them to the running workers.  A failure is logged; the next round retries."""
+        while True:
+            await asyncio.sleep(self.data_token_check_period)
+            for username in sorted({c.username for c in self.db.active_clusters()}):
+                try:
+                    await self.data_tokens.store(username, await self.schedd_for(username))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.log.exception("Renewing the data token of %s failed", username)
 
     @staticmethod
     def _write_job(job: jobs.GatewayJob) -> Path:
@@ -287,7 +379,9 @@ class HTCondorBackend(JobQueueBackend):
         schedd = await self.schedd_for(username)
         directory = await asyncio.to_thread(self._write_job, job)
         try:
-            return await schedd.submit(directory, SUBMIT_FILE)
+            job_id = await schedd.submit(directory, SUBMIT_FILE)
+            self.task_pool.spawn(schedd.reschedule_when_spooled([job_id]))  # best effort: the match comes sooner
+            return job_id
         except CondorOutputError:
             # the schedd answered, but not with one job id: leave nothing of this job behind
             await self._remove_quietly(schedd, job.constraint)
@@ -325,7 +419,8 @@ class HTCondorBackend(JobQueueBackend):
 
     async def do_start_worker(self, worker):
         try:
-            job_id = await self.submit_job(worker.cluster.username, self.worker_job(worker))
+            data = await self.worker_data(worker.cluster.username)
+            job_id = await self.submit_job(worker.cluster.username, self.worker_job(worker, data))
         except CondorError as e:
             reason = one_line(f"a worker job could not be submitted: {e}")
             self._record_failure(worker.cluster, reason, key="last_worker_failure")

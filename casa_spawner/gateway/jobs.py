@@ -30,7 +30,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: submit commands the backend owns: an operator's extra directives may not replace them, so
 #: nothing can put the environment or a credential into the job ad, or keep jobs in the queue
-RESERVED_SUBMIT_KEYS = TRANSFER_KEYS | {"request_cpus", "request_memory"} | ad_attribute_keys(CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR)
+RESERVED_SUBMIT_KEYS = TRANSFER_KEYS | {"request_cpus", "request_memory", "use_oauth_services"} | ad_attribute_keys(
+    CLUSTER_ATTR, ROLE_ATTR, WORKER_ATTR)
 
 
 def memory_mib(nbytes: int) -> int:
@@ -62,10 +63,12 @@ def check_extra_directives(directives: Mapping[str, str]) -> dict[str, str]:
     return submit.check_extra_directives(directives, RESERVED_SUBMIT_KEYS, "job_extra_directives", owner="the HTCondor backend")
 
 
-def job_script(command: Sequence[str], environment: Mapping[str, str], setup: str = "") -> str:
+def job_script(command: Sequence[str], environment: Mapping[str, str], setup: str = "", exports: Sequence[str] = ()) -> str:
     """The ``/bin/sh`` script a job runs: export the environment, run the site's setup, exec the command.
 
-    Every value is single-quoted for the shell, so any character (spaces, quotes, ``$``) arrives as given.
+    Every value is single-quoted for the shell, so any character (spaces, quotes, ``$``) arrives as given;
+    ``exports`` are ready ``export`` lines of paths in the sandbox (``"$job_dir/..."``, ``"$_CONDOR_CREDS/..."``:
+    :meth:`casa_condor.data_access.WorkerDataAccess.export_lines`).
     """
     env = check_environment(environment)
     lines = [
@@ -73,6 +76,7 @@ def job_script(command: Sequence[str], environment: Mapping[str, str], setup: st
         "# a dask-gateway job, written by casa_spawner.gateway",
         'job_dir="$(pwd)"',
         *(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())),
+        *exports,
     ]
     if setup.strip():
         lines += ["# the operator's setup (scheduler_setup / worker_setup)", setup.rstrip("\n")]
@@ -92,6 +96,8 @@ class GatewayJob:
     files: Mapping[str, bytes] = field(repr=False)  #: every file the job needs, by name (all encrypted)
     image: str = ""
     extra_directives: Mapping[str, str] = field(default_factory=dict)
+    #: the backend's own directives beyond files and resources (``use_oauth_services``), never the operator's
+    backend_directives: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         check_job_name(self.cluster_name, "cluster name")
@@ -137,6 +143,7 @@ class GatewayJob:
             if "\n" in self.image or '"' in self.image:
                 raise ValueError(f"image {self.image!r} cannot be a container image reference")
             lines.append(f"container_image = {self.image}")
+        lines += [f"{k} = {v}" for k, v in self.backend_directives.items()]
         lines += [f"{k} = {v}" for k, v in check_extra_directives(self.extra_directives).items()]
         lines.append("queue")
         return "\n".join(lines) + "\n"

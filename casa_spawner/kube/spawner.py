@@ -191,6 +191,7 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         self.refuse_named_server()
         self._plan = await self.plan_new_session()
         self.bundle, self.session_id = self._plan.bundle, self._plan.session_id
+        await self.store_data_token()  # before the pod exists: its first workers find the token in the credd
         try:
             url = await super().start()
             await self._routing_ready()
@@ -435,4 +436,5 @@ class CasaKubeSpawner(SessionCore, KubeSpawner):
         super().clear_state()
         self._plan = None
         self.bundle = None
+        self._stored_data_token = None
         self.session_id = ""

@@ -27,6 +27,8 @@
 # CASA_LOCAL_CONDOR_SCHEDD, _COLLECTOR, _TRUST_DOMAIN, _SIGNING_KEY_FILE, _BIN; CASA_LOCAL_WORKER_PYTHON
 #                              an HTCondor pool: every session gets an IDTOKEN, the schedd and the
 #                              collector, and CasaCluster submits its workers there (this Python)
+# CASA_LOCAL_CONDOR_CREDD, _SBIN  the pool's credd (host:port) and condor_store_cred's directory: with the
+#                              XCache, every session's macaroon is kept fresh inside its running workers
 
 import os
 import secrets
@@ -98,9 +100,11 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")  # the hub's own environment
 c.Spawner.cmd = [str(singleuser) if singleuser.exists() else "jupyterhub-singleuser"]
-# the casa page (/user/<name>/casa/: scheduler address, expiries, the laptop's client bundle), from
-# the package's own Jupyter configuration (an editable install does not put it in <prefix>/etc/jupyter)
-c.Spawner.environment = {"JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR}
+# Every variable a notebook gets besides its plan's, in one dict given to c.Spawner.environment at the
+# end (a c.CasaLocalSpawner.environment of its own would replace this one, not add to it).
+# The casa page (/user/<name>/casa/: scheduler address, expiries, the laptop's client bundle), from
+# the package's own Jupyter configuration (an editable install does not put it in <prefix>/etc/jupyter):
+session_environment = {"JUPYTER_CONFIG_PATH": casa_session.page.CONFIG_DIR}
 # and, for the same reason, JupyterLab's settings from the package: the Dask sidebar's default URL is the session's dashboard
 c.Spawner.args = [f"--LabApp.app_settings_dir={casa_session.page.LAB_SETTINGS_DIR}"]
 c.CasaLocalSpawner.home_skeleton = casa_session.EXAMPLES_DIR  # the columnar analysis example, in every home
@@ -117,7 +121,7 @@ if env("CASA_LOCAL_MACAROON_SECRET_FILE"):
     c.Facility.xcache_paths = ["/store/user/{username}"]
     c.Facility.xcache_token_lifetime = 12 * 3600
     if env("CASA_LOCAL_XCACHE_CA_FILE"):  # the demo's own CA (a site's XCache has a grid certificate)
-        c.Spawner.environment["XCACHE_CA_FILE"] = env("CASA_LOCAL_XCACHE_CA_FILE")
+        session_environment["XCACHE_CA_FILE"] = env("CASA_LOCAL_XCACHE_CA_FILE")
 
 if env("CASA_LOCAL_CONDOR_SCHEDD"):
     c.Facility.signing_key_file = env("CASA_LOCAL_CONDOR_SIGNING_KEY_FILE", "")  # a path: only the hub reads it
@@ -128,9 +132,18 @@ if env("CASA_LOCAL_CONDOR_SCHEDD"):
     c.SessionJobs.condor_config = "ONLY_ENV"
     if env("CASA_LOCAL_CONDOR_BIN"):
         c.SessionJobs.remove_command = os.path.join(env("CASA_LOCAL_CONDOR_BIN"), "condor_rm")
-    c.CasaLocalSpawner.environment = {
+    session_environment.update({
         "CONDOR_CONFIG": "ONLY_ENV",
         "DASK_JOBQUEUE__CASA__PYTHON": env("CASA_LOCAL_WORKER_PYTHON", sys.executable),
-    }
+    })
+    if env("CASA_LOCAL_CONDOR_CREDD"):
+        # the pool's credd keeps each session's data token; its workers get every renewal while they run
+        c.Facility.credd_host = env("CASA_LOCAL_CONDOR_CREDD")
+        if env("CASA_LOCAL_MACAROON_SECRET_FILE"):
+            c.Facility.data_token_service = "xcache"
+        if env("CASA_LOCAL_CONDOR_SBIN"):
+            c.DataTokenStore.store_command = os.path.join(env("CASA_LOCAL_CONDOR_SBIN"), "condor_store_cred")
+
+c.Spawner.environment = session_environment
 
 # site overrides go in config/local/jupyterhub_config.py (after it loads this file) or a second -f file

@@ -111,6 +111,7 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
         self.route_name = ""
         self.session_id = ""  #: this start's CASA_SESSION_ID: teardown removes its HTCondor jobs
         self.bundle: CredentialBundle | None = None
+        self._stored_data_token = None
         self.session_env: dict[str, str] = {}
         self._stopping = False
 
@@ -205,6 +206,7 @@ class CasaLocalSpawner(SessionCore, SimpleLocalProcessSpawner):
 
         await asyncio.to_thread(make_private_dir, self.session_dir)
         await asyncio.to_thread(self._write_credentials, bundle)
+        await self.store_data_token()  # before the notebook exists: its first workers find the token in the credd
         await self._start_scheduler(plan)
         await asyncio.to_thread(write_route_file, self.routes_dir, plan.route, f"{self.scheduler_host}:{port}")
         self.log.info("Session of %s: scheduler pid %s on port %s, route %s", self._log_name, self.scheduler_pid, port, plan.route.host)

@@ -12,7 +12,9 @@
 # CASA_TRUST_DOMAIN        the pool's TRUST_DOMAIN (the IDTOKENs' iss)
 # CASA_COLLECTOR_HOST / CASA_SCHEDD_HOST   where the clusters' jobs are submitted
 # CASA_DASK_DOMAIN         the facility's domain (user slugs and identities are derived as in the hub)
-# CASA_KEYS_DIR            the pool signing key POOL (0600, readable by the gateway's user only)
+# CASA_KEYS_DIR            the pool signing key POOL and the macaroon secret (0600, readable by the gateway's user only)
+# CASA_XCACHE_HOST         the XCache the workers read through (root://...), with the user's macaroon
+# CASA_CREDD_HOST          the pool's condor_credd, which keeps each user's macaroon fresh in running workers
 # CASA_GATEWAY_URL         the gateway as the notebooks and the jobs reach it
 # CASA_GATEWAY_IMAGE       the image the scheduler and workers run in (needs distributed + dask-gateway)
 # JUPYTERHUB_API_TOKEN     the gateway's token as a hub service (config/cms-gateway/jupyterhub_services.py)
@@ -44,6 +46,15 @@ c.Facility.collector_host = env("CASA_COLLECTOR_HOST", "red-condor.unl.edu:9619"
 c.Facility.schedd_host = env("CASA_SCHEDD_HOST", "t3.unl.edu")
 c.Facility.signing_key_file = f"{keys_dir}/POOL"
 c.Facility.condor_token_lifetime = 3 * 86400  # renewed by the gateway after 2/3 of it
+# the workers' data token: the gateway issues each user's macaroon as the hub does (same secret, same paths)
+# and gives every renewal to the pool's credd as the user; the workers read $_CONDOR_CREDS/xcache.use
+c.Facility.macaroon_secret_file = f"{keys_dir}/macaroon-secret"
+c.Facility.xcache_site = "T2_US_Nebraska"
+c.Facility.xcache_host = env("CASA_XCACHE_HOST", "root://red-xcache1.unl.edu:1094")
+c.Facility.xcache_paths = ["/store"]
+c.Facility.xcache_token_lifetime = 12 * 3600
+c.Facility.credd_host = env("CASA_CREDD_HOST", env("CASA_SCHEDD_HOST", "t3.unl.edu"))
+c.Facility.data_token_service = "xcache" if c.Facility.credd_host else ""
 
 # -- the backend -----------------------------------------------------------------------------
 c.HTCondorBackend.api_url = f"{gateway_url}/services/dask-gateway/api"  # the schedulers' heartbeats, from the worker nodes

@@ -14,6 +14,8 @@
 # CASA_COLLECTOR_HOST / CASA_SCHEDD_HOST   where Dask workers are submitted
 # CASA_XCACHE_HOST         root://... of the XCache
 # CASA_XCACHE_HTTPS_HOST   its https://host:port, only where HTTPS is not served on CASA_XCACHE_HOST's port
+# CASA_CREDD_HOST          the pool's condor_credd (usually the schedd's machine), which keeps each user's
+#                          data token for their running workers; "" turns that off (see below)
 # CASA_KEYS_DIR            where the hub's init container put the master keys (0600, hub uid)
 # CASA_SESSION_IMAGE       image with jupyterhub-casa for the credential-sync sidecar (the hub image)
 # CASA_WORKER_IMAGE        the Dask workers' image, run by HTCondor's docker universe (as in the slides)
@@ -65,6 +67,14 @@ c.Facility.xcache_https_host = env("CASA_XCACHE_HTTPS_HOST", "")  # empty: HTTPS
 c.Facility.xcache_paths = ["/store"]
 c.Facility.xcache_token_name = "{slug}"  # usernames may hold spaces (DNs); the slug never does
 c.Facility.xcache_token_lifetime = 12 * 3600  # within XRootD's default maxduration (24 h)
+# The macaroon inside running workers: the hub gives the pool's condor_credd every renewal, as the user
+# (condor_store_cred add-oauth -P -s xcache, with the user's IDTOKEN), and HTCondor's starter copies it into
+# $_CONDOR_CREDS/xcache.use of every running worker within the pool's SEC_CREDENTIAL_REFRESH (300 s by
+# default).  The pool needs a credd: CREDD in the schedd machine's DAEMON_LIST and
+# SEC_CREDENTIAL_DIRECTORY_OAUTH set; the hub image needs condor_store_cred.  Without a credd (CASA_CREDD_HOST
+# ""), the macaroon travels once with each worker job and workers lose data access when it expires (12 h).
+c.Facility.credd_host = env("CASA_CREDD_HOST", env("CASA_SCHEDD_HOST", "t3.unl.edu"))
+c.Facility.data_token_service = "xcache" if c.Facility.credd_host else ""
 
 # -- where it runs: a pod per user, with its Dask scheduler beside the notebook ----------
 c.JupyterHub.spawner_class = "casa-kube"
